@@ -1,0 +1,103 @@
+"""Authorize against Upstox's REST API for a one-time feed URL.
+
+Every connection attempt needs a fresh ``GET /v3/feed/market-data-feed/authorize``:
+the ``wss`` URL it returns carries a one-time ``code``, and reusing one is a
+known cause of 403. TLS is verified against the system trust store
+(``ssl.create_default_context`` honours ``SSL_CERT_FILE``); plain ``http://``
+is used only when the configured API URL says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from collector.exceptions import (
+    ConfigError,
+    FeedNetworkError,
+    FeedProtocolError,
+    FeedTLSError,
+    classify_http_status,
+)
+
+__all__ = ["AUTHORIZE_PATH", "TokenSource", "authorize"]
+
+logger = logging.getLogger(__name__)
+
+AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
+
+
+class TokenSource:
+    """Where the access token comes from; read again before every attempt.
+
+    A token file can be rotated while the collector runs (e.g. a daily OAuth
+    token written by another job); the environment variable cannot.
+    """
+
+    def __init__(self, *, token: str | None = None, token_file: Path | None = None) -> None:
+        self._token = token
+        self._file = token_file
+
+    def read(self) -> str:
+        if self._file is not None:
+            try:
+                token = self._file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError("COLLECTOR_UPSTOX_TOKEN_FILE", f"cannot read: {exc.strerror}") from None
+            if token:
+                return token
+            raise ConfigError("COLLECTOR_UPSTOX_TOKEN_FILE", "the file is empty")
+        if self._token:
+            return self._token
+        raise ConfigError("COLLECTOR_UPSTOX_TOKEN", "no token configured")
+
+
+def _get(url: str, token: str, ssl_context: ssl.SSLContext | None, timeout_s: float) -> bytes:
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    )
+    # No redirects are expected; urllib would follow them without the header anyway.
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=ssl_context) as response:
+            body: bytes = response.read()
+            return body
+    except urllib.error.HTTPError as exc:
+        raise classify_http_status(exc.code, "authorize", exc.headers.get("Retry-After")) from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLError):
+            raise FeedTLSError(f"authorize TLS failure: {exc.reason}") from None
+        raise FeedNetworkError(f"authorize failed: {exc.reason}") from None
+    except ssl.SSLError as exc:
+        raise FeedTLSError(f"authorize TLS failure: {exc}") from None
+    except (OSError, TimeoutError) as exc:
+        raise FeedNetworkError(f"authorize failed: {exc}") from None
+
+
+async def authorize(
+    api_url: str,
+    token: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout_s: float = 10.0,
+    get: Callable[[str, str, ssl.SSLContext | None, float], bytes] = _get,
+) -> str:
+    """Return the one-time ``wss`` URL for one connection attempt."""
+    url = api_url.rstrip("/") + AUTHORIZE_PATH
+    if url.startswith("https://") and ssl_context is None:
+        ssl_context = ssl.create_default_context()
+    body = await asyncio.to_thread(get, url, token, ssl_context, timeout_s)
+    try:
+        payload = json.loads(body)
+        uri = payload["data"]["authorized_redirect_uri"]
+    except (ValueError, KeyError, TypeError):
+        # Cloudflare block pages arrive as HTML with status 200 or 403.
+        raise FeedProtocolError("authorize returned no authorized_redirect_uri") from None
+    if not isinstance(uri, str) or not uri.startswith(("wss://", "ws://")):
+        raise FeedProtocolError("authorize returned a URL that is not ws:// or wss://")
+    return uri

@@ -1,0 +1,119 @@
+"""Accumulate records into batches, sealed by size or age. No I/O.
+
+The writer adds every decoded frame here and seals a batch when it holds
+``max_batch_rows`` ticks or its first record is ``flush_interval_s`` old,
+whichever comes first. While a COPY is in flight the open batch keeps
+growing, so a slow database gets larger, fewer batches.
+
+Exchange bars repeat in nearly every full-mode frame (the previous and the
+current I1/I30 bar); within a batch only the latest version of each
+(instrument, interval, bar start) is kept, since the table upserts anyway.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from collector.records import Bar, FeedSession, Gap, StatusChange, Tick
+
+__all__ = ["Batch", "Batcher"]
+
+
+@dataclass(slots=True)
+class Batch:
+    """A unit written in one transaction, identified by ``batch_id`` in the ledger."""
+
+    batch_id: uuid.UUID
+    ticks: list[Tick] = field(default_factory=list)
+    bars: list[Bar] = field(default_factory=list)
+    statuses: list[StatusChange] = field(default_factory=list)
+    sessions: list[FeedSession] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+    opened_at: float = 0.0  # caller's monotonic clock
+
+    @property
+    def rows(self) -> int:
+        return len(self.ticks) + len(self.bars) + len(self.statuses) + len(self.sessions) + len(self.gaps)
+
+
+class Batcher:
+    """Collects ticks, bars and status changes; the caller supplies the time."""
+
+    def __init__(self, *, max_batch_rows: int, flush_interval_s: float) -> None:
+        if max_batch_rows < 1:
+            raise ValueError("max_batch_rows must be at least 1")
+        if flush_interval_s <= 0:
+            raise ValueError("flush_interval_s must be positive")
+        self.max_batch_rows = max_batch_rows
+        self.flush_interval_s = flush_interval_s
+        self._ticks: list[Tick] = []
+        self._bars: dict[tuple[str, str, object], Bar] = {}
+        self._statuses: list[StatusChange] = []
+        self._sessions: list[FeedSession] = []
+        self._gaps: list[Gap] = []
+        self._opened_at: float | None = None
+
+    def __len__(self) -> int:
+        return (
+            len(self._ticks) + len(self._bars) + len(self._statuses)
+            + len(self._sessions) + len(self._gaps)
+        )  # fmt: skip
+
+    def add(
+        self,
+        now: float,
+        ticks: Sequence[Tick] = (),
+        bars: Sequence[Bar] = (),
+        statuses: Sequence[StatusChange] = (),
+        sessions: Sequence[FeedSession] = (),
+        gaps: Sequence[Gap] = (),
+    ) -> None:
+        """Add records received at monotonic time ``now``."""
+        if not (ticks or bars or statuses or sessions or gaps):
+            return
+        if self._opened_at is None:
+            self._opened_at = now
+        self._ticks.extend(ticks)
+        for bar in bars:
+            self._bars[(bar.instrument_key, bar.interval, bar.bar_start)] = bar
+        self._statuses.extend(statuses)
+        self._sessions.extend(sessions)
+        self._gaps.extend(gaps)
+
+    def full(self) -> bool:
+        """Whether the open batch reached its size bound."""
+        return len(self._ticks) >= self.max_batch_rows
+
+    def deadline(self) -> float | None:
+        """Monotonic time at which the open batch is due, or None when empty."""
+        if self._opened_at is None:
+            return None
+        return self._opened_at + self.flush_interval_s
+
+    def due(self, now: float) -> bool:
+        """Whether the open batch should be sealed now."""
+        deadline = self.deadline()
+        return deadline is not None and (self.full() or now >= deadline)
+
+    def seal(self) -> Batch | None:
+        """Close the open batch and return it (None when empty)."""
+        if self._opened_at is None:
+            return None
+        batch = Batch(
+            batch_id=uuid.uuid4(),
+            ticks=self._ticks,
+            bars=list(self._bars.values()),
+            statuses=self._statuses,
+            sessions=self._sessions,
+            gaps=self._gaps,
+            opened_at=self._opened_at,
+        )
+        self._ticks = []
+        self._bars = {}
+        self._statuses = []
+        self._sessions = []
+        self._gaps = []
+        self._opened_at = None
+        return batch

@@ -1,0 +1,165 @@
+"""Decode Upstox V3 ``FeedResponse`` frames into records. No I/O.
+
+Reads protobuf attributes directly: ``MessageToDict`` (what the official SDK
+does per frame) costs ~80x the parse, turns int64 into strings and drops
+zeros. proto3 omits default values, so an absent number reads as 0 and an
+``initial_feed`` frame carries no ``type`` field at all (Type 0).
+Unknown fields, which Upstox adds over time, are kept aside by protobuf and
+ignored here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from collector.exceptions import DecodeError
+from collector.proto import MarketDataFeedV3_pb2 as pb
+from collector.records import Bar, Frame, FrameKind, StatusChange, Tick
+
+__all__ = ["decode_frame", "epoch_ms"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, datetime's limit
+_FRAME_KINDS: dict[int, FrameKind] = {
+    pb.initial_feed: "initial_feed",
+    pb.live_feed: "live_feed",
+    pb.market_info: "market_info",
+}
+_STATUS_NAMES = {v.number: v.name for v in pb.MarketStatus.DESCRIPTOR.values}
+
+
+def epoch_ms(ms: int, what: str) -> datetime:
+    """Convert epoch milliseconds to an aware UTC datetime, or raise DecodeError."""
+    if not 0 <= ms <= _MAX_MS:
+        raise DecodeError(f"{what} out of range: {ms}")
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def decode_frame(data: bytes, received_at: datetime) -> Frame:
+    """Decode one binary frame.
+
+    ``received_at`` is when the frame arrived (the caller's clock). Raises
+    :class:`DecodeError`, and only that, on anything malformed.
+    """
+    msg = pb.FeedResponse()
+    try:
+        msg.ParseFromString(data)
+    except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
+        raise DecodeError(f"not a FeedResponse: {exc}") from None
+    kind = _FRAME_KINDS.get(msg.type)
+    if kind is None:
+        raise DecodeError(f"unknown frame type {msg.type}")
+    # currentTs may be absent (0) in a frame; fall back to our receive time.
+    feed_time = epoch_ms(msg.currentTs, "currentTs") if msg.currentTs else received_at
+    frame = Frame(kind=kind, feed_time=feed_time)
+    if msg.HasField("marketInfo"):
+        frame.statuses = _statuses(msg.marketInfo, feed_time, received_at)
+    snapshot = kind == "initial_feed"
+    ticks = frame.ticks
+    bars = frame.bars
+    for key, feed in msg.feeds.items():
+        if not key:
+            raise DecodeError("feed with an empty instrument key")
+        tick = _tick(key, feed, snapshot, feed_time, received_at, bars)
+        if tick is not None:
+            ticks.append(tick)
+    return frame
+
+
+def _statuses(info: pb.MarketInfo, feed_time: datetime, received_at: datetime) -> list[StatusChange]:
+    out = [
+        StatusChange(segment, "normal", _STATUS_NAMES.get(status, str(status)), feed_time, received_at)
+        for segment, status in info.segmentStatus.items()
+    ]
+    for session, entries in (("pre_open", info.preOpenSessionStatus), ("cas", info.casMarketStatus)):
+        for segment, status_info in entries.items():
+            when = epoch_ms(status_info.updatedTime, "updatedTime") if status_info.updatedTime else feed_time
+            out.append(StatusChange(segment, session, status_info.status, when, received_at))
+    return out
+
+
+def _tick(
+    key: str,
+    feed: pb.Feed,
+    snapshot: bool,
+    feed_time: datetime,
+    received_at: datetime,
+    bars: list[Bar],
+) -> Tick | None:
+    which = feed.WhichOneof("FeedUnion")
+    if which == "ltpc":
+        ltpc = feed.ltpc
+        return _base(key, "ltpc", ltpc, snapshot, feed_time, received_at)
+    if which == "firstLevelWithGreeks":
+        flg = feed.firstLevelWithGreeks
+        q = flg.firstDepth
+        g = flg.optionGreeks
+        return _base(key, "option_greeks", flg.ltpc, snapshot, feed_time, received_at)._replace(
+            vtt=flg.vtt, oi=flg.oi, iv=flg.iv,
+            bid_price=q.bidP, bid_qty=q.bidQ, ask_price=q.askP, ask_qty=q.askQ,
+            delta=g.delta, theta=g.theta, gamma=g.gamma, vega=g.vega, rho=g.rho,
+        )  # fmt: skip
+    if which == "fullFeed":
+        full = feed.fullFeed
+        sub = full.WhichOneof("FullFeedUnion")
+        if sub == "marketFF":
+            return _market(key, full.marketFF, feed.requestMode, snapshot, feed_time, received_at, bars)
+        if sub == "indexFF":
+            index = full.indexFF
+            _bars(key, index.marketOHLC, received_at, bars)
+            return _base(key, "index", index.ltpc, snapshot, feed_time, received_at)
+    # A feed with no payload carries nothing to store.
+    return None
+
+
+def _base(
+    key: str, kind: str, ltpc: pb.LTPC, snapshot: bool, feed_time: datetime, received_at: datetime
+) -> Tick:
+    ltt = ltpc.ltt
+    time = epoch_ms(ltt, "ltt") if ltt else feed_time
+    iep = ltpc.iep.value if ltpc.HasField("iep") else None
+    return Tick(
+        time, key, kind, snapshot, feed_time, received_at, ltpc.ltp, ltpc.ltq, ltpc.cp,
+        None, None, None, None, None, None, None, None, None, None, None,
+        None, None, None, None, None, iep, None, None, None, None,
+    )  # fmt: skip
+
+
+def _market(
+    key: str,
+    mff: pb.MarketFullFeed,
+    request_mode: int,
+    snapshot: bool,
+    feed_time: datetime,
+    received_at: datetime,
+    bars: list[Bar],
+) -> Tick:
+    quotes = mff.marketLevel.bidAskQuote
+    kind = "full_d30" if request_mode == pb.full_d30 or len(quotes) > 5 else "full"
+    base = _base(key, kind, mff.ltpc, snapshot, feed_time, received_at)
+    g = mff.optionGreeks
+    bid_prices = [q.bidP for q in quotes]
+    bid_qtys = [q.bidQ for q in quotes]
+    ask_prices = [q.askP for q in quotes]
+    ask_qtys = [q.askQ for q in quotes]
+    _bars(key, mff.marketOHLC, received_at, bars)
+    return base._replace(
+        vtt=mff.vtt, oi=mff.oi, iv=mff.iv, atp=mff.atp, tbq=mff.tbq, tsq=mff.tsq,
+        bid_price=bid_prices[0] if quotes else None, bid_qty=bid_qtys[0] if quotes else None,
+        ask_price=ask_prices[0] if quotes else None, ask_qty=ask_qtys[0] if quotes else None,
+        delta=g.delta, theta=g.theta, gamma=g.gamma, vega=g.vega, rho=g.rho,
+        iep=mff.iep if mff.iep else base.iep,
+        bid_prices=bid_prices, bid_qtys=bid_qtys, ask_prices=ask_prices, ask_qtys=ask_qtys,
+    )  # fmt: skip
+
+
+def _bars(key: str, ohlc: pb.MarketOHLC, received_at: datetime, out: list[Bar]) -> None:
+    for bar in ohlc.ohlc:
+        if not bar.interval or not bar.ts:
+            continue  # an empty bar: nothing traded in it yet
+        start = epoch_ms(bar.ts, "ohlc.ts")
+        out.append(
+            Bar(key, bar.interval, start, bar.open, bar.high, bar.low, bar.close, bar.vol, received_at)
+        )

@@ -1,0 +1,114 @@
+"""Every error the collector raises on purpose.
+
+::
+
+    CollectorError
+    ├── ConfigError                 a setting is wrong; exit with one clear line
+    ├── DecodeError (ValueError)    a frame could not be decoded; counted, skipped
+    ├── MigrationError              a migration failed or an applied file changed
+    ├── ConnectError                one feed connection attempt failed
+    │   ├── TokenRejected           401: the token is wrong; re-read it, retry slowly
+    │   ├── AccessForbidden         403: reused code, expired token, no entitlement
+    │   ├── RateLimited             429: back off harder
+    │   ├── FeedNetworkError        DNS, TCP, timeouts, 5xx, closed sockets
+    │   ├── FeedTLSError            certificate verification or handshake failure
+    │   └── FeedProtocolError       the server broke the protocol
+    └── SpoolFullError              the disk spool reached its bound
+
+``ConnectError.reason`` is the fixed label used in metrics ("401", "403",
+"429", "network", "tls", "protocol"). No exception carries a token.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+ConnectReason = Literal["401", "403", "429", "network", "tls", "protocol"]
+CONNECT_REASONS: tuple[ConnectReason, ...] = ("401", "403", "429", "network", "tls", "protocol")
+
+
+class CollectorError(Exception):
+    """Base class of the collector's own errors."""
+
+
+class ConfigError(CollectorError):
+    """A setting is missing or invalid. ``setting`` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+class DecodeError(CollectorError, ValueError):
+    """A feed frame could not be decoded."""
+
+
+class MigrationError(CollectorError):
+    """A migration could not be applied, or an applied one was changed."""
+
+
+class ConnectError(CollectorError):
+    """A connection attempt to the feed failed."""
+
+    reason: ClassVar[ConnectReason] = "network"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TokenRejected(ConnectError):
+    """HTTP 401: the access token is missing, malformed or revoked."""
+
+    reason = "401"
+
+
+class AccessForbidden(ConnectError):
+    """HTTP 403: a reused one-time code, an expired token, or no entitlement."""
+
+    reason = "403"
+
+
+class RateLimited(ConnectError):
+    """HTTP 429: Upstox's REST rate limit was hit."""
+
+    reason = "429"
+
+
+class FeedNetworkError(ConnectError):
+    """The network failed: refused, reset, timed out, or a 5xx answer."""
+
+    reason = "network"
+
+
+class FeedTLSError(ConnectError):
+    """TLS failed, most often certificate verification."""
+
+    reason = "tls"
+
+
+class FeedProtocolError(ConnectError):
+    """The server answered something the protocol does not allow."""
+
+    reason = "protocol"
+
+
+class SpoolFullError(CollectorError):
+    """The disk spool is at its size bound and cannot take more rows."""
+
+
+def classify_http_status(status: int, what: str, retry_after: str | None = None) -> ConnectError:
+    """The ConnectError for an HTTP status answered by ``what``."""
+    if status == 401:
+        return TokenRejected(f"{what} answered 401: the token is invalid or expired")
+    if status == 403:
+        return AccessForbidden(f"{what} answered 403")
+    if status == 429:
+        try:
+            after = float(retry_after) if retry_after else None
+        except ValueError:
+            after = None
+        return RateLimited(f"{what} answered 429", retry_after_s=after)
+    if 500 <= status < 600:
+        return FeedNetworkError(f"{what} answered {status}")
+    return FeedProtocolError(f"{what} answered {status}")

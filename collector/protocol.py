@@ -1,0 +1,128 @@
+"""Client -> server requests and Upstox's subscription limits. No I/O.
+
+Requests are UTF-8 JSON sent as *binary* frames (opcode 2)::
+
+    {"guid": "...", "method": "sub" | "unsub" | "change_mode",
+     "data": {"mode": "ltpc" | "option_greeks" | "full" | "full_d30",
+              "instrumentKeys": ["NSE_FO|45450", ...]}}
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from collector.records import MODES, Mode
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Limits",
+    "Method",
+    "Shard",
+    "chunked",
+    "encode_request",
+    "segment_of",
+    "shard_universe",
+]
+
+Method = Literal["sub", "unsub", "change_mode"]
+
+
+def encode_request(method: Method, keys: list[str], mode: Mode | None = None) -> bytes:
+    """Encode one request; ``mode`` is required for sub and change_mode."""
+    if method != "unsub" and mode is None:
+        raise ValueError(f"{method} needs a mode")
+    data: dict[str, object] = {"instrumentKeys": keys}
+    if mode is not None and method != "unsub":
+        data["mode"] = mode
+    body = {"guid": uuid.uuid4().hex, "method": method, "data": data}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def chunked(keys: list[str], size: int) -> Iterator[list[str]]:
+    """Split keys into requests of at most ``size`` keys."""
+    for i in range(0, len(keys), size):
+        yield keys[i : i + size]
+
+
+def segment_of(key: str) -> str:
+    """``NSE_FO|45450`` -> ``NSE_FO``."""
+    return key.partition("|")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Keys per connection for each mode, alone and when modes are mixed.
+
+    Defaults are Upstox's documented limits (May 2025). Whether they count per
+    connection or per user is unconfirmed; we apply them per connection and
+    never put more keys on a connection than its mode mix allows.
+    """
+
+    alone: Mapping[Mode, int]
+    mixed: Mapping[Mode, int]
+
+    def fits(self, counts: Mapping[Mode, int]) -> bool:
+        """Whether a connection carrying ``counts`` keys per mode is within limits."""
+        used = [m for m, n in counts.items() if n > 0]
+        table = self.alone if len(used) <= 1 else self.mixed
+        return all(counts[m] <= table.get(m, 0) for m in used)
+
+
+DEFAULT_LIMITS = Limits(
+    alone={"ltpc": 5000, "option_greeks": 3000, "full": 2000, "full_d30": 50},
+    mixed={"ltpc": 2000, "option_greeks": 2000, "full": 1500, "full_d30": 50},
+)
+
+
+@dataclass(slots=True)
+class Shard:
+    """The keys one connection subscribes, by mode."""
+
+    shard_id: int
+    keys: dict[Mode, list[str]]
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.keys.values())
+
+    def segments(self) -> set[str]:
+        return {segment_of(k) for keys in self.keys.values() for k in keys}
+
+
+def shard_universe(
+    universe: Mapping[Mode, Iterable[str]], connections: int, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[Shard], dict[Mode, list[str]]]:
+    """Spread a universe over at most ``connections`` connections within ``limits``.
+
+    Keys are placed mode by mode (largest first), each on the least loaded
+    connection that can take it, so load is even and the result is stable for
+    the same universe. A key in several modes keeps the first (richest) mode.
+    Returns the shards (empty ones dropped) and the keys that fit nowhere.
+    """
+    if connections < 1:
+        raise ValueError("connections must be at least 1")
+    seen: set[str] = set()
+    per_mode: dict[Mode, list[str]] = {}
+    for mode in ("full_d30", "full", "option_greeks", "ltpc"):
+        keys = sorted(set(universe.get(mode, ())) - seen)  # type: ignore[arg-type]
+        seen.update(keys)
+        if keys:
+            per_mode[mode] = keys  # type: ignore[index]
+    counts: list[dict[Mode, int]] = [dict.fromkeys(MODES, 0) for _ in range(connections)]
+    shards = [Shard(i, {}) for i in range(connections)]
+    rejected: dict[Mode, list[str]] = {}
+    for mode in sorted(per_mode, key=lambda m: -len(per_mode[m])):
+        for key in per_mode[mode]:
+            for i in sorted(range(connections), key=lambda j: (sum(counts[j].values()), j)):
+                counts[i][mode] += 1
+                if limits.fits(counts[i]):
+                    shards[i].keys.setdefault(mode, []).append(key)
+                    break
+                counts[i][mode] -= 1
+            else:
+                rejected.setdefault(mode, []).append(key)
+    return [s for s in shards if s.size], rejected

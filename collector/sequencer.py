@@ -1,0 +1,78 @@
+"""Per-instrument continuity: repeated snapshots and volume. No I/O.
+
+Upstox sends an ``initial_feed`` snapshot of every subscribed key after each
+subscribe, so after a reconnect the last state of each instrument arrives a
+second time. The rule, applied here before anything is batched:
+
+1. A snapshot tick whose last trade time, price and cumulative volume (vtt)
+   equal the last tick seen for that instrument is a repeat: it is dropped and
+   counted as a suppressed duplicate. A snapshot that differs (trades happened
+   while we were disconnected) is a real observation and is kept, marked
+   ``snapshot``.
+2. ``volume`` is the increase of vtt since the instrument's previous tick of the
+   same trading day (IST). A repeated state adds 0, so nothing is counted
+   twice. The first tick of a day seen for an instrument gets volume = vtt only
+   when vtt == ltq (it is the day's first trade); otherwise the earlier volume
+   cannot be placed in time and the tick's volume is NULL. Modes without vtt
+   (ltpc, index) have NULL volume.
+
+The state can be seeded from the database at start-up (``seed``), so a
+restarted collector continues the same rule.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from collector.records import Tick
+
+__all__ = ["IST", "TickSequencer", "trading_day"]
+
+IST = timedelta(hours=5, minutes=30)
+
+
+def trading_day(t: datetime) -> date:
+    """The Indian calendar day (IST) of an aware datetime."""
+    return (t + IST).date()
+
+
+class TickSequencer:
+    """Suppresses repeated snapshot ticks and computes per-tick volume."""
+
+    def __init__(self) -> None:
+        # instrument_key -> (time, ltp, vtt, trading day)
+        self._last: dict[str, tuple[datetime, float, int | None, date]] = {}
+        self.duplicates = 0
+
+    def seed(self, key: str, time: datetime, ltp: float, vtt: int | None) -> None:
+        """Remember a tick already stored (e.g. the latest one in the database)."""
+        self._last[key] = (time, ltp, vtt, trading_day(time))
+
+    def process(self, ticks: list[Tick]) -> list[Tick]:
+        """Return the ticks to store, in order, with ``volume`` filled in."""
+        out: list[Tick] = []
+        last = self._last
+        for tick in ticks:
+            key = tick.instrument_key
+            prev = last.get(key)
+            day = trading_day(tick.time)
+            if (
+                tick.snapshot
+                and prev is not None
+                and prev[0] == tick.time
+                and prev[1] == tick.ltp
+                and prev[2] == tick.vtt
+            ):
+                self.duplicates += 1
+                continue
+            vtt = tick.vtt
+            volume: int | None = None
+            if vtt is not None:
+                if prev is not None and prev[3] == day and prev[2] is not None:
+                    volume = max(vtt - prev[2], 0)
+                elif vtt == tick.ltq:
+                    volume = vtt
+                tick = tick._replace(volume=volume)
+            last[key] = (tick.time, tick.ltp, vtt, day)
+            out.append(tick)
+        return out

@@ -1,0 +1,397 @@
+"""The simulator's server: REST authorize, instrument master and the V3 feed socket.
+
+One port serves everything, over TLS when given an SSL context:
+
+- ``GET /v3/feed/market-data-feed/authorize`` checks the Bearer token and
+  returns a one-time ``wss``/``ws`` URL (``code`` valid for one connect);
+- ``GET /market-quote/instruments/exchange/complete.json.gz`` the master;
+- ``GET /simulator/stats`` per-instrument counts for exact loss checks;
+- ``GET /simulator/fault?kind=...`` fault injection for a separate process;
+- the feed socket: ``market_info`` first, an ``initial_feed`` snapshot after
+  each ``sub``/``change_mode``, then ``live_feed`` frames batching many
+  instruments, at ``rate`` ticks per second shared by all connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import logging
+import os
+import ssl
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from collector.auth import AUTHORIZE_PATH
+from collector.metrics import SEGMENTS
+from collector.proto import MarketDataFeedV3_pb2 as pb
+from collector.protocol import DEFAULT_LIMITS, Limits, segment_of
+from collector.records import MODES, Mode
+from collector.simulator.market import SimMarket, generate_master
+
+__all__ = ["FEED_PATH", "MASTER_PATH", "Simulator"]
+
+logger = logging.getLogger(__name__)
+
+FEED_PATH = "/v3/feed/market-data-feed/ws"
+MASTER_PATH = "/market-quote/instruments/exchange/complete.json.gz"
+LimitPolicy = Literal["error", "ignore", "close"]
+
+
+@dataclass(eq=False)
+class _Client:
+    ws: ServerConnection
+    number: int
+    subs: dict[str, Mode] = field(default_factory=dict)
+    stalled: bool = False
+    owed: float = 0.0
+
+
+class Simulator:
+    """A protocol-faithful Upstox V3 stand-in on loopback."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str = "sim-token",
+        ssl_context: ssl.SSLContext | None = None,
+        rate: float = 1000.0,
+        stocks: int = 50,
+        frame_interval_s: float = 0.05,
+        max_connections: int = 2,
+        limits: Limits = DEFAULT_LIMITS,
+        limit_policy: LimitPolicy = "error",
+        seed: int = 1,
+        ping_interval_s: float | None = 20.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.token = token
+        self.ssl_context = ssl_context
+        self.rate = rate
+        self.frame_interval_s = frame_interval_s
+        self.max_connections = max_connections
+        self.limits = limits
+        self.limit_policy = limit_policy
+        self.ping_interval_s = ping_interval_s
+        master = generate_master(stocks)
+        self.master = [{k: v for k, v in row.items() if not k.startswith("_")} for row in master]
+        self.market = SimMarket(master, seed=seed)
+        self.segments: dict[str, int] = dict.fromkeys(SEGMENTS, pb.NORMAL_OPEN)
+        self.clients: list[_Client] = []
+        self.codes: set[str] = set()
+        self.authorize_calls = 0
+        self.connections_total = 0
+        self.snapshots_sent = 0
+        self.request_delay_s = 0.0
+        self._auth_faults: list[int] = []
+        self._server: Server | None = None
+        self._master_gz = gzip.compress(json.dumps(self.master).encode())
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handler,
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
+            process_request=self._process_request,
+            ping_interval=self.ping_interval_s,
+            max_size=1 << 20,
+            compression=None,
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+        logger.info("simulator listening on %s", self.url)
+
+    async def close(self) -> None:
+        self.resume()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the REST API (``COLLECTOR_UPSTOX_API_URL``)."""
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    # -- faults -----------------------------------------------------------------------
+
+    def fail_authorize(self, status: int, count: int = 1) -> None:
+        """Answer the next ``count`` authorize calls with ``status`` (401, 403, 429, 500...)."""
+        self._auth_faults.extend([status] * count)
+
+    async def drop(self, code: int = 1006, reason: str = "") -> None:
+        """Close every connection: 1006 aborts TCP with no close frame."""
+        for client in list(self.clients):
+            if code == 1006:
+                client.ws.transport.abort()
+            else:
+                await client.ws.close(code, reason)
+
+    def stall(self, *, pings: bool) -> None:
+        """Stop sending data on current connections; without pings, stop answering too."""
+        for client in self.clients:
+            client.stalled = True
+            if not pings:
+                client.ws.transport.pause_reading()
+
+    def resume(self) -> None:
+        for client in self.clients:
+            if client.stalled:
+                client.stalled = False
+                with contextlib.suppress(Exception):
+                    client.ws.transport.resume_reading()
+
+    async def send_garbage(self, size: int = 64) -> None:
+        for client in list(self.clients):
+            with contextlib.suppress(ConnectionClosed):
+                await client.ws.send(os.urandom(size))
+
+    async def send_text(self, text: str = '{"status":"failed","error":"simulated","method":"sub"}') -> None:
+        for client in list(self.clients):
+            with contextlib.suppress(ConnectionClosed):
+                await client.ws.send(text)
+
+    async def set_market(self, statuses: Mapping[str, str]) -> None:
+        """Set segment statuses (MarketStatus names) and broadcast ``market_info``."""
+        for segment, status in statuses.items():
+            self.segments[segment] = pb.MarketStatus.Value(status)
+        for client in list(self.clients):
+            with contextlib.suppress(ConnectionClosed):
+                await client.ws.send(self._market_info())
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "instruments": {
+                k: {"sent": i.sent, "ltt": i.ltt, "vtt": i.vtt}
+                for k, i in self.market.instruments.items()
+                if i.sent
+            },
+            "ticks_sent": sum(i.sent for i in self.market.instruments.values()),
+            "connections": len(self.clients),
+            "connections_total": self.connections_total,
+            "authorize_calls": self.authorize_calls,
+            "snapshots_sent": self.snapshots_sent,
+            "subscriptions": [dict(c.subs) for c in self.clients],
+        }
+
+    async def _fault(self, query: dict[str, list[str]]) -> str:
+        kind = query.get("kind", [""])[0]
+        arg = query.get("arg", [""])[0]
+        if kind == "drop":
+            await self.drop(int(arg or 1006))
+        elif kind == "stall":
+            self.stall(pings=arg != "nopings")
+        elif kind == "resume":
+            self.resume()
+        elif kind == "garbage":
+            await self.send_garbage()
+        elif kind == "text":
+            await self.send_text()
+        elif kind == "market":
+            # arg: SEGMENT=STATUS,SEGMENT=STATUS
+            await self.set_market(dict(p.split("=", 1) for p in arg.split(",") if p))
+        elif kind == "authorize":
+            self.fail_authorize(int(arg or 401))
+        elif kind == "slow":
+            self.request_delay_s = float(arg or 1.0)
+        elif kind == "rate":
+            self.rate = float(arg)
+        else:
+            raise ValueError(f"unknown fault {kind!r}")
+        return kind
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    @staticmethod
+    def _response(status: int, body: bytes, content_type: str = "application/json") -> Response:
+        headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return Response(status, HTTPStatus(status).phrase, headers, body)
+
+    def _json(self, status: int, payload: object) -> Response:
+        return self._response(status, json.dumps(payload).encode())
+
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        query = parse_qs(parts.query)
+        if parts.path == AUTHORIZE_PATH:
+            return self._authorize(request)
+        if parts.path == MASTER_PATH:
+            return self._response(200, self._master_gz, "application/gzip")
+        if parts.path == "/simulator/stats":
+            return self._json(200, self.stats())
+        if parts.path == "/simulator/fault":
+            try:
+                return self._json(200, {"done": await self._fault(query)})
+            except (ValueError, KeyError) as exc:
+                return self._json(400, {"error": str(exc)})
+        if parts.path == FEED_PATH:
+            code = query.get("code", [""])[0]
+            if code not in self.codes:
+                return self._json(403, {"status": "error", "errors": [{"message": "invalid code"}]})
+            self.codes.discard(code)  # one-time
+            if len(self.clients) >= self.max_connections:
+                return self._json(403, {"status": "error", "errors": [{"message": "connection limit"}]})
+            return None  # proceed with the WebSocket handshake
+        return self._json(404, {"status": "error"})
+
+    def _authorize(self, request: Request) -> Response:
+        self.authorize_calls += 1
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._json(401, {"status": "error", "errors": [{"errorCode": "UDAPI100050"}]})
+        if self._auth_faults:
+            status = self._auth_faults.pop(0)
+            return self._json(status, {"status": "error"})
+        code = str(uuid.uuid4())
+        scheme = "wss" if self.ssl_context else "ws"
+        uri = f"{scheme}://{self.host}:{self.port}{FEED_PATH}?requestId={uuid.uuid4()}&code={code}"
+        self.codes.add(code)
+        return self._json(
+            200, {"status": "success", "data": {"authorized_redirect_uri": uri, "authorizedRedirectUri": uri}}
+        )
+
+    # -- the feed ---------------------------------------------------------------------
+
+    def _market_info(self) -> bytes:
+        msg = pb.FeedResponse(type=pb.market_info, currentTs=int(time.time() * 1000))
+        for segment, status in self.segments.items():
+            msg.marketInfo.segmentStatus[segment] = status  # type: ignore[assignment]
+        return msg.SerializeToString()
+
+    def _open(self, key: str) -> bool:
+        return self.segments.get(segment_of(key)) in (pb.NORMAL_OPEN, pb.PRE_OPEN_START, pb.CLOSING_START)
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.connections_total += 1
+        client = _Client(ws, self.connections_total)
+        self.clients.append(client)
+        streamer = asyncio.create_task(self._stream(client))
+        try:
+            await ws.send(self._market_info())
+            async for message in ws:
+                if self.request_delay_s:
+                    await asyncio.sleep(self.request_delay_s)
+                await self._request(client, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            streamer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await streamer
+            self.clients.remove(client)
+
+    async def _request(self, client: _Client, message: str | bytes) -> None:
+        try:
+            req = json.loads(message)
+            method = req["method"]
+            keys = list(req["data"]["instrumentKeys"])
+            mode = req["data"].get("mode", "ltpc")
+        except (ValueError, KeyError, TypeError):
+            await client.ws.send(json.dumps({"status": "failed", "error": "bad request"}))
+            return
+        if method == "unsub":
+            for key in keys:
+                client.subs.pop(key, None)
+            return
+        if method not in ("sub", "change_mode") or mode not in MODES:
+            await client.ws.send(json.dumps({"status": "failed", "error": f"bad method or mode {mode}"}))
+            return
+        known = [k for k in keys if k in self.market.instruments]
+        if method == "change_mode":
+            known = [k for k in known if k in client.subs]
+        accepted = self._within_limits(client, known, mode)
+        if len(accepted) < len(known):
+            if self.limit_policy == "close":
+                await client.ws.close(1008, "subscription limit exceeded")
+                return
+            if self.limit_policy == "error":
+                err = {"status": "failed", "method": method, "error": "subscription limit exceeded"}
+                await client.ws.send(json.dumps(err))
+        for key in accepted:
+            client.subs[key] = mode
+        await self._snapshot(client, accepted)
+
+    def _within_limits(self, client: _Client, keys: list[str], mode: Mode) -> list[str]:
+        counts = dict.fromkeys(MODES, 0)
+        for key, m in client.subs.items():
+            if key not in keys:
+                counts[m] += 1
+        accepted = []
+        for key in keys:
+            counts[mode] += 1
+            if not self.limits.fits(counts):
+                counts[mode] -= 1
+                continue
+            accepted.append(key)
+        return accepted
+
+    async def _snapshot(self, client: _Client, keys: list[str]) -> None:
+        if not keys:
+            return
+        msg = pb.FeedResponse(currentTs=int(time.time() * 1000))  # initial_feed: type omitted
+        for key in keys:
+            self.market.fill(msg.feeds[key], self.market.instruments[key], client.subs[key])
+        await client.ws.send(msg.SerializeToString())
+        self.snapshots_sent += len(keys)
+
+    async def _stream(self, client: _Client) -> None:
+        interval = self.frame_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if client.stalled or not client.subs:
+                continue
+            total = sum(len(c.subs) for c in self.clients) or 1
+            client.owed += self.rate * interval * len(client.subs) / total
+            n = int(client.owed)
+            if n <= 0:
+                continue
+            client.owed -= n
+            keys = [k for k in client.subs if self._open(k)]
+            if not keys:
+                client.owed = 0.0
+                continue
+            await self._send_live(client, keys, n)
+
+    async def _send_live(self, client: _Client, keys: list[str], n: int) -> None:
+        rng = self.market.rng
+        now_ms = int(time.time() * 1000)
+        while n > 0:
+            # A map holds each key once, so more ticks than keys take several frames.
+            chosen = rng.sample(keys, min(n, len(keys)))
+            n -= len(chosen)
+            msg = pb.FeedResponse(type=pb.live_feed, currentTs=now_ms)
+            insts = []
+            for key in chosen:
+                inst = self.market.tick(key, now_ms)
+                self.market.fill(msg.feeds[key], inst, client.subs[key])
+                insts.append(inst)
+            try:
+                await client.ws.send(msg.SerializeToString())
+            except ConnectionClosed:
+                return
+            for inst in insts:
+                inst.sent += 1
