@@ -1,0 +1,8 @@
+"""collector: Upstox V3 market data into TimescaleDB, observable in Prometheus and Grafana.
+
+The pipeline, one module each: feed (``feed``) -> decode (``decode``) ->
+batch (``sequencer``, ``batch``) -> sink (``writer``, ``spool``). ``simulator``
+speaks the same protocol for tests and demos.
+"""
+
+__version__ = "0.1.0"

@@ -92,6 +92,10 @@ class Batcher:
             return None
         return self._opened_at + self.flush_interval_s
 
+    def age(self, now: float) -> float:
+        """Seconds since the open batch got its first record (0 when empty)."""
+        return 0.0 if self._opened_at is None else now - self._opened_at
+
     def due(self, now: float) -> bool:
         """Whether the open batch should be sealed now."""
         deadline = self.deadline()

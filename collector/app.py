@@ -1,0 +1,197 @@
+"""``collector run``: startup -> main loop -> shutdown.
+
+Startup migrates (unless switched off), resolves the universe from the
+instrument master, shards it over the configured connections, and starts the
+writer, the feed connections, the scheduler and the metrics endpoint. The
+main loop waits for a stop request; shutdown stops the feed first, then lets
+the writer drain within ``shutdown_timeout_s`` (what is left goes to the spool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CollectorRegistry, start_http_server
+
+from collector import __version__
+from collector.auth import TokenSource
+from collector.backoff import full_jitter
+from collector.feed import FeedConnection, FeedOptions, authorize_limiter
+from collector.instruments import load_master
+from collector.jobs import Jobs
+from collector.market import MarketState
+from collector.metrics import Metrics
+from collector.migrate import migrate
+from collector.protocol import DEFAULT_LIMITS, shard_universe
+from collector.records import MODES, Mode
+from collector.settings import Settings
+from collector.spool import Spool
+from collector.universe import resolve_universe
+from collector.writer import Writer
+
+__all__ = ["connect_with_retry", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+async def connect_with_retry(
+    connect: Callable[[], Awaitable[asyncpg.Connection]], what: str
+) -> asyncpg.Connection:
+    """Connect, retrying with backoff: the database may start after us."""
+    delays = full_jitter(base_s=0.5, cap_s=10.0)
+    while True:
+        try:
+            return await connect()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            delay = next(delays)
+            logger.warning("%s: database not reachable (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def _universe(conn: asyncpg.Connection, settings: Settings) -> dict[Mode, list[str]]:
+    rows: list[Any] = [dict(r) for r in await conn.fetch("SELECT * FROM instruments_current")]
+    if settings.universe and not rows:
+        logger.info("no instrument master stored yet; loading %s", settings.instruments_url)
+        rows = await load_master(conn, settings.instruments_url)
+    if not rows:
+        logger.warning("no instrument master: subscribing the configured keys unchecked")
+        return {m: sorted(set(k)) for m, k in settings.subscriptions.items() if k}
+    universe, _unknown = resolve_universe(rows, explicit=settings.subscriptions, filters=settings.universe)
+    return universe
+
+
+async def run(
+    settings: Settings,
+    *,
+    stop: asyncio.Event,
+    registry: CollectorRegistry | None = None,
+    serve_metrics: bool = True,
+) -> None:
+    """Run the collector until ``stop`` is set."""
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry, connections=settings.connections, version=__version__)
+    dsn = settings.database_url.get_secret_value()
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, command_timeout=120, timeout=10)
+
+    metrics_server = None
+    if serve_metrics:
+        metrics_server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
+        logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+    # -- startup --
+    conn = await connect_with_retry(connect, "startup")
+    try:
+        if settings.migrate_on_start:
+            await migrate(conn)
+        universe = await _universe(conn, settings)
+    finally:
+        await conn.close()
+    shards, rejected = shard_universe(universe, settings.connections, DEFAULT_LIMITS)
+    for mode in MODES:
+        metrics.universe.labels(mode).set(len(universe.get(mode, [])))
+        metrics.sub_rejected.labels(mode).set(len(rejected.get(mode, [])))
+        metrics.limit.labels(mode, "alone").set(DEFAULT_LIMITS.alone[mode])
+        metrics.limit.labels(mode, "mixed").set(DEFAULT_LIMITS.mixed[mode])
+    if rejected:
+        logger.error(
+            "%d keys fit no connection within Upstox's limits and are not subscribed",
+            sum(len(v) for v in rejected.values()),
+        )
+    if not shards:
+        logger.error("the universe is empty: set COLLECTOR_SUBSCRIPTIONS or COLLECTOR_UNIVERSE")
+    market = MarketState()
+    spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
+    writer = Writer(
+        connect=connect,
+        metrics=metrics,
+        spool=spool,
+        market=market,
+        queue_max_frames=settings.queue_max_frames,
+        max_batch_rows=settings.max_batch_rows,
+        flush_interval_s=settings.flush_interval_s,
+        max_pending_rows=settings.max_pending_rows,
+        spill_after_s=settings.spill_after_s,
+    )
+    await writer.seed()
+    tokens = TokenSource(
+        token=settings.upstox_token.get_secret_value() if settings.upstox_token else None,
+        token_file=settings.upstox_token_file,
+    )
+    options = FeedOptions(
+        chunk_size=settings.chunk_size,
+        ping_interval_s=settings.ping_interval_s,
+        ping_timeout_s=settings.ping_timeout_s,
+        stall_timeout_s=settings.stall_timeout_s,
+        backoff_base_s=settings.backoff_base_s,
+        backoff_cap_s=settings.backoff_cap_s,
+    )
+    limiter = authorize_limiter()
+    feeds = [
+        FeedConnection(
+            shard,
+            api_url=settings.upstox_api_url,
+            tokens=tokens,
+            deliver=writer.deliver,
+            market=market,
+            metrics=metrics,
+            limiter=limiter,
+            options=options,
+        )
+        for shard in shards
+    ]
+    jobs = Jobs(
+        connect=connect,
+        metrics=metrics,
+        late_data=writer.take_oldest_committed,
+        retention_days=settings.retention_days,
+    )
+
+    async def sync() -> bool:
+        async def work(c: asyncpg.Connection) -> None:
+            await load_master(c, settings.instruments_url)
+
+        return await jobs._run("instrument_sync", work)
+
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    jobs.schedule(
+        scheduler,
+        refresh_interval_s=settings.candle_refresh_interval_s,
+        sync=sync if settings.universe else None,
+        sync_time=settings.instrument_sync_time,
+    )
+
+    # -- main loop --
+    writer_task = asyncio.create_task(writer.run(), name="writer")
+    feed_tasks = [asyncio.create_task(f.run(), name=f"feed-{f.id}") for f in feeds]
+    scheduler.start()
+    logger.info("collector running: %d connections, %d keys", len(feeds), sum(s.size for s in shards))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopper, writer_task, *feed_tasks], return_when=asyncio.FIRST_COMPLETED)
+
+    # -- shutdown --
+    logger.info("shutting down")
+    scheduler.shutdown(wait=False)
+    for task in feed_tasks:
+        task.cancel()
+    await asyncio.gather(*feed_tasks, return_exceptions=True)
+    writer_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer_task
+    stopper.cancel()
+    complete = await writer.drain(settings.shutdown_timeout_s)
+    if not complete:
+        logger.warning("shutdown: %d rows left in the spool for the next start", spool.rows)
+    await jobs.refresh_candles()
+    spool.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    if writer_task.done() and not writer_task.cancelled() and writer_task.exception():
+        raise writer_task.exception()  # type: ignore[misc]

@@ -1,0 +1,142 @@
+"""Command line: ``collector run | migrate | instruments sync | simulate``.
+
+Settings come from ``COLLECTOR_*`` environment variables (see the README); a
+bad setting exits with status 2 and one line naming it. Signals are handled
+here only: the first SIGINT/SIGTERM starts a graceful shutdown, a second one
+exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from collector.exceptions import CollectorError, ConfigError
+from collector.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+logger = logging.getLogger("collector")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="collector", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="stream the configured universe into TimescaleDB")
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    inst = sub.add_parser("instruments", help="instrument master commands")
+    inst_sub = inst.add_subparsers(dest="action", required=True)
+    sync = inst_sub.add_parser("sync", help="load the instrument master into the instruments table")
+    sync.add_argument("--source", help="URL or file of the gzipped JSON master (default: the setting)")
+    sim = sub.add_parser("simulate", help="serve a local Upstox V3 stand-in")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8700)
+    sim.add_argument("--token", default=os.environ.get("COLLECTOR_SIMULATOR_TOKEN", "sim-token"))
+    sim.add_argument("--rate", type=float, default=1000.0, help="ticks per second over all connections")
+    sim.add_argument("--stocks", type=int, default=50, help="equities in the generated master")
+    sim.add_argument("--max-connections", type=int, default=2)
+    sim.add_argument("--tls-cert", help="PEM certificate chain: serve https/wss")
+    sim.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    return p
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # APScheduler logs every job run at INFO; our jobs log their own state changes.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+async def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            logger.warning("second signal: exiting now")
+            os._exit(130)
+        logger.info("signal received: stopping (send again to force)")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await main(stop)
+
+
+async def _migrate(settings: Settings) -> None:
+    from collector.migrate import migrate
+
+    conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    print(f"applied {len(applied)} migrations" if applied else "database is up to date")
+
+
+async def _sync(settings: Settings, source: str | None) -> None:
+    from collector.instruments import load_master
+
+    conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    try:
+        rows = await load_master(conn, source or settings.instruments_url)
+    finally:
+        await conn.close()
+    print(f"stored {len(rows)} instruments")
+
+
+async def _simulate(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    from collector.simulator.server import Simulator
+
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    sim = Simulator(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        ssl_context=context,
+        rate=args.rate,
+        stocks=args.stocks,
+        max_connections=args.max_connections,
+    )
+    async with sim:
+        print(f"simulator: COLLECTOR_UPSTOX_API_URL={sim.url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "simulate":
+            _logging(os.environ.get("COLLECTOR_LOG_LEVEL", "INFO"))
+            asyncio.run(_until_signalled(lambda stop: _simulate(args, stop)))
+            return 0
+        settings = load_settings()
+        _logging(settings.log_level)
+        if args.command == "migrate":
+            asyncio.run(_migrate(settings))
+        elif args.command == "instruments":
+            asyncio.run(_sync(settings, args.source))
+        elif args.command == "run":
+            from collector.app import run
+
+            asyncio.run(_until_signalled(lambda stop: run(settings, stop=stop)))
+    except ConfigError as exc:
+        print(f"collector: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CollectorError as exc:
+        print(f"collector: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"collector: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,126 @@
+"""Scheduled jobs (APScheduler): candle refresh, retention, instrument sync.
+
+Where TimescaleDB has continuous aggregates and policies, the database does
+the candle and retention work itself and these jobs only set policies up;
+on the Apache-licensed build they do the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
+
+import asyncpg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from collector.metrics import Metrics
+
+__all__ = ["IST_TZ", "Jobs", "candles_mode"]
+
+logger = logging.getLogger(__name__)
+
+IST_TZ = timezone(timedelta(hours=5, minutes=30), "IST")
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+
+async def candles_mode(conn: asyncpg.Connection) -> str:
+    """'continuous_aggregates' or 'scheduled_refresh', as the migration decided."""
+    value = await conn.fetchval("SELECT value FROM storage_info WHERE key = 'candles'")
+    return str(value)
+
+
+class Jobs:
+    """The collector's periodic work, instrumented with run/failure metrics."""
+
+    def __init__(
+        self,
+        *,
+        connect: Connect,
+        metrics: Metrics,
+        late_data: Callable[[], datetime | None] = lambda: None,
+        retention_days: int | None = None,
+        ledger_days: int = 14,
+    ) -> None:
+        self._connect = connect
+        self._metrics = metrics
+        self._late_data = late_data
+        self._retention_days = retention_days
+        self._ledger_days = ledger_days
+        self._refreshed_from: datetime | None = None
+        self.mode: str | None = None
+
+    async def _run(self, name: str, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> bool:
+        self._metrics.job_runs.labels(name).inc()
+        try:
+            conn = await self._connect()
+            try:
+                await work(conn)
+            finally:
+                await conn.close()
+        except Exception:
+            self._metrics.job_failures.labels(name).inc()
+            logger.exception("job %s failed", name)
+            return False
+        self._metrics.job_last_success.labels(name).set(time.time())
+        return True
+
+    async def refresh_candles(self) -> bool:
+        """Recompute candles from the last refresh (or the oldest late tick) onwards."""
+        return await self._run("candle_refresh", self._refresh)
+
+    async def _refresh(self, conn: asyncpg.Connection) -> None:
+        if self.mode is None:
+            self.mode = await candles_mode(conn)
+        if self.mode != "scheduled_refresh":
+            return
+        started = datetime.now(UTC)
+        since = self._refreshed_from
+        if since is None:
+            # First run: catch up from the last materialized minute, or from the first tick.
+            since = await conn.fetchval(
+                "SELECT coalesce((SELECT max(bucket) FROM candles_1m), (SELECT min(time) FROM ticks))"
+            )
+            if since is None:
+                return
+        late = self._late_data()
+        if late is not None and late < since:
+            since = late
+        await conn.execute("SELECT refresh_candles($1)", since)
+        # Next time start a minute before this run began: ticks committed since
+        # then may belong to buckets this run already computed.
+        self._refreshed_from = started - timedelta(minutes=1)
+
+    async def retention(self) -> bool:
+        return await self._run("retention", self._retention)
+
+    async def _retention(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            "DELETE FROM ingest_ledger WHERE committed_at < now() - make_interval(days => $1)", self._ledger_days
+        )
+        if self._retention_days is None:
+            return
+        keep = timedelta(days=self._retention_days)
+        if await candles_mode(conn) == "continuous_aggregates":
+            await conn.execute("SELECT remove_retention_policy('ticks', if_exists => true)")
+            await conn.execute("SELECT add_retention_policy('ticks', drop_after => $1::interval)", keep)
+        else:
+            dropped = await conn.fetch("SELECT drop_chunks('ticks', older_than => now() - $1::interval)", keep)
+            if dropped:
+                logger.info("retention dropped %d chunks of ticks", len(dropped))
+
+    def schedule(
+        self,
+        scheduler: AsyncIOScheduler,
+        *,
+        refresh_interval_s: float,
+        sync: Callable[[], Awaitable[bool]] | None = None,
+        sync_time: str = "06:15",
+    ) -> None:
+        common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 300}
+        scheduler.add_job(self.refresh_candles, "interval", seconds=refresh_interval_s, **common)
+        scheduler.add_job(self.retention, "interval", hours=1, next_run_time=datetime.now(UTC), **common)
+        if sync is not None:
+            hh, mm = (int(x) for x in sync_time.split(":"))
+            scheduler.add_job(sync, "cron", hour=hh, minute=mm, timezone=IST_TZ, **common)
