@@ -214,9 +214,12 @@ class FeedConnection:
             raise TokenRejected(str(exc)) from None
         uri = await authorize(self._api_url, token, ssl_context=self._ssl)
         try:
+            # For wss:// websockets verifies with ssl.create_default_context() unless
+            # we pass a context; plain ws:// only when authorize returned one.
+            tls = {"ssl": self._ssl} if uri.startswith("wss://") and self._ssl else {}
             return await connect(
                 uri,
-                ssl=self._ssl if uri.startswith("wss://") else None,
+                **tls,  # type: ignore[arg-type]
                 open_timeout=self._opt.open_timeout_s,
                 ping_interval=self._opt.ping_interval_s,
                 ping_timeout=self._opt.ping_timeout_s,
@@ -242,7 +245,7 @@ class FeedConnection:
         try:
             for mode, keys in self.shard.keys.items():
                 await self._send("sub", keys, mode)
-            self._mark_up(connected_at)
+            await self._mark_up(connected_at)
             watchdog = asyncio.create_task(self._watchdog(ws))
             async for message in ws:
                 self._last_frame = time.monotonic()
@@ -277,7 +280,7 @@ class FeedConnection:
             await self._mark_down(connected_at, reason)
         return reason
 
-    def _mark_up(self, connected_at: datetime) -> None:
+    async def _mark_up(self, connected_at: datetime) -> None:
         self._last_frame = time.monotonic()
         self.sessions += 1
         self._metrics.connected.labels(self._label).set(1)
@@ -291,7 +294,7 @@ class FeedConnection:
             segments = sorted(self.shard.segments())
             if self._market.any_open(segments):
                 gap = Gap(self.id, down_since, connected_at, segments, "reconnect")
-                asyncio.get_running_loop().create_task(self._deliver(gap))
+                await self._deliver(gap)
 
     async def _mark_down(self, connected_at: datetime, reason: str) -> None:
         self.connected.clear()

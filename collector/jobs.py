@@ -97,7 +97,8 @@ class Jobs:
 
     async def _retention(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
-            "DELETE FROM ingest_ledger WHERE committed_at < now() - make_interval(days => $1)", self._ledger_days
+            "DELETE FROM ingest_ledger WHERE committed_at < now() - make_interval(days => $1)",
+            self._ledger_days,
         )
         if self._retention_days is None:
             return
@@ -106,7 +107,9 @@ class Jobs:
             await conn.execute("SELECT remove_retention_policy('ticks', if_exists => true)")
             await conn.execute("SELECT add_retention_policy('ticks', drop_after => $1::interval)", keep)
         else:
-            dropped = await conn.fetch("SELECT drop_chunks('ticks', older_than => now() - $1::interval)", keep)
+            dropped = await conn.fetch(
+                "SELECT drop_chunks('ticks', older_than => now() - $1::interval)", keep
+            )
             if dropped:
                 logger.info("retention dropped %d chunks of ticks", len(dropped))
 

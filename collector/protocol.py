@@ -98,26 +98,45 @@ def shard_universe(
 ) -> tuple[list[Shard], dict[Mode, list[str]]]:
     """Spread a universe over at most ``connections`` connections within ``limits``.
 
-    Keys are placed mode by mode (largest first), each on the least loaded
-    connection that can take it, so load is even and the result is stable for
-    the same universe. A key in several modes keeps the first (richest) mode.
-    Returns the shards (empty ones dropped) and the keys that fit nowhere.
+    Keys are placed mode by mode (largest first). The first try puts each key
+    on the least loaded connection that can take it, which evens the load; if
+    that leaves keys out (mixing modes lowers every mode's limit), a first-fit
+    placement, which keeps modes apart where it can, is used when it fits more.
+    The result is stable for the same universe. A key in several modes keeps
+    the first (richest) mode. Returns the shards (empty ones dropped) and the
+    keys that fit nowhere.
     """
     if connections < 1:
         raise ValueError("connections must be at least 1")
     seen: set[str] = set()
     per_mode: dict[Mode, list[str]] = {}
-    for mode in ("full_d30", "full", "option_greeks", "ltpc"):
-        keys = sorted(set(universe.get(mode, ())) - seen)  # type: ignore[arg-type]
+    modes: tuple[Mode, ...] = ("full_d30", "full", "option_greeks", "ltpc")
+    for mode in modes:
+        keys = sorted(set(universe.get(mode, ())) - seen)
         seen.update(keys)
         if keys:
-            per_mode[mode] = keys  # type: ignore[index]
+            per_mode[mode] = keys
+    even = _place(per_mode, connections, limits, spread=True)
+    if not even[1]:
+        return even
+    packed = _place(per_mode, connections, limits, spread=False)
+    n_even = sum(len(v) for v in even[1].values())
+    n_packed = sum(len(v) for v in packed[1].values())
+    return packed if n_packed < n_even else even
+
+
+def _place(
+    per_mode: dict[Mode, list[str]], connections: int, limits: Limits, *, spread: bool
+) -> tuple[list[Shard], dict[Mode, list[str]]]:
     counts: list[dict[Mode, int]] = [dict.fromkeys(MODES, 0) for _ in range(connections)]
     shards = [Shard(i, {}) for i in range(connections)]
     rejected: dict[Mode, list[str]] = {}
+    order = list(range(connections))
     for mode in sorted(per_mode, key=lambda m: -len(per_mode[m])):
         for key in per_mode[mode]:
-            for i in sorted(range(connections), key=lambda j: (sum(counts[j].values()), j)):
+            if spread:
+                order.sort(key=lambda j: (sum(counts[j].values()), j))
+            for i in order:
                 counts[i][mode] += 1
                 if limits.fits(counts[i]):
                     shards[i].keys.setdefault(mode, []).append(key)

@@ -243,7 +243,8 @@ class Writer:
         if self._batcher.age(now) > self._spill_after_s:
             self._seal()
         if self._pending and (
-            self._pending_rows > self._max_pending_rows or now - self._pending[0].opened_at > self._spill_after_s
+            self._pending_rows > self._max_pending_rows
+            or now - self._pending[0].opened_at > self._spill_after_s
         ):
             self._spill_all()
 

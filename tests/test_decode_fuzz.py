@@ -8,7 +8,7 @@ from collector.decode import decode_frame
 from collector.exceptions import DecodeError
 from collector.simulator.market import SimMarket, generate_master
 from tests.test_decode import NOW, frame, full_market
-from tests.wire import entry, msg, ltpc, text, vint
+from tests.wire import entry, ltpc, msg, text, vint
 
 ROUNDS = 30_000
 

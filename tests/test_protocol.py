@@ -56,3 +56,15 @@ def test_key_in_two_modes_keeps_the_richer() -> None:
 def test_full_d30_is_limited_to_50_per_connection() -> None:
     shards, rejected = shard_universe({"full_d30": keys("NSE_FO", 120)}, 2)
     assert [s.size for s in shards] == [50, 50] and len(rejected["full_d30"]) == 20
+
+
+def test_packs_modes_apart_when_spreading_would_reject_keys() -> None:
+    # Even spread gives 1600+1600 full, and then no connection can take ltpc
+    # (mixed caps full at 1500); packing puts ltpc beside the smaller full share.
+    universe = {"full": keys("NSE_FO", 3200), "ltpc": keys("NSE_EQ", 1800)}
+    shards, rejected = shard_universe(universe, 2)
+    assert not rejected
+    assert sorted((len(s.keys.get("full", [])), len(s.keys.get("ltpc", []))) for s in shards) == [
+        (1200, 1800),
+        (2000, 0),
+    ]

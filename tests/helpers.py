@@ -1,0 +1,22 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Wait until ``condition()`` is true, or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def sample(registry: object, name: str, labels: dict[str, str] | None = None) -> float:
+    """A metric's current value from a prometheus_client registry (0 if absent)."""
+    value = registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
+    return float(value or 0.0)
