@@ -157,6 +157,10 @@ class Writer:
             tg.create_task(self._intake())
             tg.create_task(self._flusher())
 
+    async def close(self) -> None:
+        """Close the database connection (after ``run`` was cancelled)."""
+        await self._drop_connection()
+
     async def drain(self, timeout_s: float) -> bool:
         """After the feed stopped: store everything accepted, within ``timeout_s``.
 

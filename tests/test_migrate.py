@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from collector.exceptions import MigrationError
+from collector.migrate import MIGRATIONS_DIR, migrate
+
+
+async def test_applies_once_and_is_idempotent(database: str) -> None:
+    conn = await asyncpg.connect(database)
+    try:
+        first = await migrate(conn)
+        assert first == [1, 2, 3]
+        assert await migrate(conn) == []
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 3
+        for rel in ("ticks", "instruments", "exchange_bars", "market_status", "feed_sessions", "feed_gaps",
+                    "ingest_ledger", "dead_letters", "candles_1m", "candles_5m", "candles_15m", "candles_1h",
+                    "candles_1d"):  # fmt: skip
+            assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", rel), rel
+        assert await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'ticks'"
+        )
+    finally:
+        await conn.close()
+
+
+async def test_detects_which_candle_path_applies(database: str) -> None:
+    conn = await asyncpg.connect(database)
+    try:
+        await migrate(conn)
+        license_ = await conn.fetchval("SELECT current_setting('timescaledb.license')")
+        mode = await conn.fetchval("SELECT value FROM storage_info WHERE key = 'candles'")
+        caggs = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.continuous_aggregates WHERE view_name LIKE 'candles_%'"
+        )
+    finally:
+        await conn.close()
+    if license_ == "timescale":
+        assert (mode, caggs) == ("continuous_aggregates", 5)
+    else:
+        assert (mode, caggs) == ("scheduled_refresh", 0)
+
+
+async def test_refuses_a_changed_migration(database: str, tmp_path: Path) -> None:
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, migrations)
+    conn = await asyncpg.connect(database)
+    try:
+        await migrate(conn, migrations)
+        path = migrations / "002_writer.sql"
+        path.write_text(path.read_text() + "\n-- an innocent-looking edit\n")
+        with pytest.raises(MigrationError, match="002_writer.sql changed"):
+            await migrate(conn, migrations)
+    finally:
+        await conn.close()
+
+
+async def test_a_failing_migration_rolls_back_and_names_itself(database: str, tmp_path: Path) -> None:
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, migrations)
+    (migrations / "004_broken.sql").write_text(
+        "CREATE TABLE half_done (x int);\nSELECT no_such_function();\n"
+    )
+    conn = await asyncpg.connect(database)
+    try:
+        with pytest.raises(MigrationError, match="004_broken.sql failed"):
+            await migrate(conn, migrations)
+        assert await conn.fetchval("SELECT to_regclass('half_done')") is None
+        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 3
+    finally:
+        await conn.close()
+
+
+async def test_two_collectors_migrating_at_once(database: str) -> None:
+    conns = [await asyncpg.connect(database) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(c) for c in conns))
+        assert sorted(len(r) for r in results) == [0, 0, 3]
+    finally:
+        for c in conns:
+            await c.close()
