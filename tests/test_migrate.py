@@ -54,7 +54,7 @@ async def test_refuses_a_changed_migration(database: str, tmp_path: Path) -> Non
         await migrate(conn, migrations)
         path = migrations / "002_writer.sql"
         path.write_text(path.read_text() + "\n-- an innocent-looking edit\n")
-        with pytest.raises(MigrationError, match="002_writer.sql changed"):
+        with pytest.raises(MigrationError, match=r"002_writer\.sql changed"):
             await migrate(conn, migrations)
     finally:
         await conn.close()
@@ -68,7 +68,7 @@ async def test_a_failing_migration_rolls_back_and_names_itself(database: str, tm
     )
     conn = await asyncpg.connect(database)
     try:
-        with pytest.raises(MigrationError, match="004_broken.sql failed"):
+        with pytest.raises(MigrationError, match=r"004_broken\.sql failed"):
             await migrate(conn, migrations)
         assert await conn.fetchval("SELECT to_regclass('half_done')") is None
         assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 3

@@ -83,7 +83,7 @@ async def test_ticks_written_by_copy_come_back_equal(migrated: str, tmp_path: Pa
 
 
 async def test_a_batch_is_stored_once_whatever_the_retries(migrated: str, tmp_path: Path) -> None:
-    writer, registry, _ = make_writer(migrated, tmp_path)
+    writer, _, _ = make_writer(migrated, tmp_path)
     batch = Batch(uuid.uuid4(), ticks=frames(1)[0].ticks)
     conn = await asyncpg.connect(migrated)
     try:
