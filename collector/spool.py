@@ -22,6 +22,7 @@ import os
 import pickle
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from collector.batch import Batch
@@ -83,6 +84,15 @@ class Spool:
                 out.append((offset, rows, size))
                 offset += size
         return out
+
+    def iter_batches(self) -> Iterator[Batch]:
+        """Every batch in the spool, oldest first, without consuming any."""
+        for i, path in enumerate(list(self._segments)):
+            start = self._read_offset if i == 0 else 0
+            with path.open("rb") as f:
+                for offset, _, size in self._scan(path, start):
+                    f.seek(offset + _HEADER.size)
+                    yield pickle.loads(f.read(size - _HEADER.size))
 
     def append(self, batch: Batch) -> None:
         """Write a batch durably at the end of the spool."""

@@ -146,10 +146,21 @@ class Writer:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             logger.warning("could not read today's latest ticks (%s); starting without them", exc)
             await self._drop_connection()
+            self._seed_from_spool()
             return
         for r in rows:
             self._sequencer.seed(r["instrument_key"], r["time"], r["ltp"], r["vtt"])
         logger.info("continuing from the latest ticks of %d instruments", len(rows))
+        self._seed_from_spool()
+
+    def _seed_from_spool(self) -> None:
+        # A spool left by a crash is newer than the database: without this, the
+        # snapshot after reconnecting would repeat ticks that wait in the spool.
+        if not len(self._spool):
+            return
+        for batch in self._spool.iter_batches():
+            for t in batch.ticks:
+                self._sequencer.seed(t.instrument_key, t.time, t.ltp, t.vtt)
 
     async def run(self) -> None:
         """Run intake and flusher until cancelled."""
