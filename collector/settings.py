@@ -79,7 +79,6 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
     # Scheduler
     candle_refresh_interval_s: float = Field(default=60.0, gt=0)
-    candle_refresh_window_h: float = Field(default=6.0, gt=0)
     retention_days: int | None = Field(default=None, ge=1)
     instrument_sync_time: str = "06:15"
     # Observability
