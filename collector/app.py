@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -20,8 +21,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
 from collector import __version__
-from collector.auth import TokenSource
+from collector.auth import TokenSource, token_expiry
 from collector.backoff import full_jitter
+from collector.exceptions import CollectorError
 from collector.feed import FeedConnection, FeedOptions, authorize_limiter
 from collector.instruments import load_master
 from collector.jobs import Jobs
@@ -160,7 +162,14 @@ async def run(
 
         return await jobs._run("instrument_sync", work)
 
+    def publish_token_expiry() -> None:
+        # Read again every minute: a rotated token file changes the expiry while
+        # the socket stays up on the old one.
+        with contextlib.suppress(CollectorError):
+            metrics.token_expiry.set(token_expiry(tokens.read()) or 0)
+
     scheduler = AsyncIOScheduler(timezone="UTC")
+    scheduler.add_job(publish_token_expiry, "interval", seconds=60, next_run_time=datetime.now(UTC))
     jobs.schedule(
         scheduler,
         refresh_interval_s=settings.candle_refresh_interval_s,

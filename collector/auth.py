@@ -10,6 +10,7 @@ is used only when the configured API URL says so.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import ssl
@@ -26,11 +27,29 @@ from collector.exceptions import (
     classify_http_status,
 )
 
-__all__ = ["AUTHORIZE_PATH", "TokenSource", "authorize"]
+__all__ = ["AUTHORIZE_PATH", "TokenSource", "authorize", "token_expiry"]
 
 logger = logging.getLogger(__name__)
 
 AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim (Unix time) of a JWT access token, or None.
+
+    Upstox tokens are JWTs; the claim is read without verifying the signature,
+    only to export when the token stops working. The token itself is never
+    logged or exported.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        exp = json.loads(base64.urlsafe_b64decode(padded)).get("exp")
+    except (ValueError, AttributeError):
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
 
 
 class TokenSource:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from collector.auth import TokenSource, authorize
+from collector.auth import TokenSource, authorize, token_expiry
 from collector.backoff import RateLimiter, full_jitter
 from collector.decode import decode_frame
 from collector.exceptions import (
@@ -36,8 +36,8 @@ from collector.exceptions import (
     classify_http_status,
 )
 from collector.market import MarketState
-from collector.metrics import Metrics
-from collector.protocol import DEFAULT_LIMITS, Limits, Method, Shard, chunked, encode_request
+from collector.metrics import SEGMENTS, Metrics
+from collector.protocol import DEFAULT_LIMITS, Limits, Method, Shard, chunked, encode_request, segment_of
 from collector.records import MODES, Event, FeedSession, Gap, Mode
 
 __all__ = ["FeedConnection", "FeedOptions"]
@@ -158,6 +158,13 @@ class FeedConnection:
         return {k for keys in self.shard.keys.values() for k in keys}
 
     def _publish_requested(self) -> None:
+        per_segment: dict[str, int] = {}
+        for keys in self.shard.keys.values():
+            for key in keys:
+                segment = segment_of(key)
+                per_segment[segment] = per_segment.get(segment, 0) + 1
+        for segment in SEGMENTS:
+            self._metrics.segment_keys.labels(self._label, segment).set(per_segment.get(segment, 0))
         for mode in MODES:
             self._metrics.sub_requested.labels(self._label, mode).set(len(self.shard.keys.get(mode, [])))
 
@@ -212,6 +219,7 @@ class FeedConnection:
             token = self._tokens.read()
         except ConfigError as exc:
             raise TokenRejected(str(exc)) from None
+        self._metrics.token_expiry.set(token_expiry(token) or 0)
         uri = await authorize(self._api_url, token, ssl_context=self._ssl)
         try:
             # For wss:// websockets verifies with ssl.create_default_context() unless

@@ -66,6 +66,9 @@ class Metrics:
         self.sub_rejected = gauge(
             "subscription_rejected_keys", "Keys of the universe that fit no connection", ("mode",)
         )
+        self.segment_keys = gauge(
+            "feed_segment_keys", "Keys a connection carries per exchange segment", (*conn, "segment")
+        )
         self.universe = gauge("universe_keys", "Keys in the configured universe", ("mode",))
         self.limit = gauge("subscription_limit_keys", "Upstox key limit per connection", ("mode", "scope"))
         # Market
@@ -109,10 +112,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S, registry=registry,
         )  # fmt: skip
         # Jobs
-        self.job_runs = counter("job_runs_total", "Scheduled job runs", ("job",))
-        self.job_failures = counter("job_failures_total", "Scheduled job failures", ("job",))
+        # "task", not "job": Prometheus' own job label would clash on scrape.
+        self.job_runs = counter("job_runs_total", "Scheduled job runs", ("task",))
+        self.job_failures = counter("job_failures_total", "Scheduled job failures", ("task",))
         self.job_last_success = gauge(
-            "job_last_success_timestamp_seconds", "Unix time of the job's last success", ("job",)
+            "job_last_success_timestamp_seconds", "Unix time of the job's last success", ("task",)
         )
         # Token and build
         self.token_expiry = gauge(
@@ -131,6 +135,8 @@ class Metrics:
                 self.connect_failures.labels(c, reason)
             for kind in ("initial_feed", "live_feed", "market_info"):
                 self.frames.labels(c, kind)
+            for segment in SEGMENTS:
+                self.segment_keys.labels(c, segment)
             for mode in MODES:
                 self.sub_requested.labels(c, mode)
                 self.sub_active.labels(c, mode)
