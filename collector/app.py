@@ -202,5 +202,6 @@ async def run(
     spool.close()
     if metrics_server is not None:
         metrics_server.shutdown()
+        metrics_server.server_close()
     if writer_task.done() and not writer_task.cancelled() and writer_task.exception():
         raise writer_task.exception()  # type: ignore[misc]

@@ -375,10 +375,11 @@ class Writer:
             return await self._transaction(conn, batch, salvage=True)
 
     async def _transaction(self, conn: asyncpg.Connection, batch: Batch, *, salvage: bool) -> bool:
+        written: dict[str, int] = {}
+        dead_total = 0
         async with conn.transaction():
             fresh = await conn.fetchval(
-                "INSERT INTO ingest_ledger (batch_id, rows) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING RETURNING true",
+                "INSERT INTO ingest_ledger (batch_id, rows) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
                 batch.batch_id,
                 batch.rows,
             )
@@ -397,10 +398,16 @@ class Writer:
                 if salvage:
                     dead = await self._salvage(conn, rows, write)
                     await self._dead_letter(conn, table, dead, batch)
-                    self._metrics.rows.labels(table).inc(len(rows) - len(dead))
+                    dead_total += len(dead)
+                    written[table] = len(rows) - len(dead)
                 else:
                     await write(rows)
-                    self._metrics.rows.labels(table).inc(len(rows))
+                    written[table] = len(rows)
+        # Counted only once committed: a cancelled or failed commit counts nothing.
+        for table, n in written.items():
+            self._metrics.rows.labels(table).inc(n)
+        if dead_total:
+            self._metrics.dead_letters.inc(dead_total)
         return True
 
     async def _copy_ticks(self, conn: asyncpg.Connection, rows: Sequence[Any]) -> None:
@@ -441,5 +448,4 @@ class Writer:
             "INSERT INTO dead_letters (table_name, reason, row_data, batch_id) VALUES ($1, $2, $3::jsonb, $4)",
             records,
         )
-        self._metrics.dead_letters.inc(len(dead))
         logger.error("%d %s rows dead-lettered, e.g. %s", len(dead), table, dead[0][1])

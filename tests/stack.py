@@ -1,0 +1,143 @@
+"""A running collector + simulator (background event loop) and a real Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from collector.app import run
+from collector.settings import load_settings
+from collector.simulator.server import Simulator
+from tests.conftest import ROOT
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """Collector and simulator in one background event loop, on 127.0.0.1."""
+
+    def __init__(self, dsn: str, workdir: Path) -> None:
+        self.dsn = dsn
+        self.workdir = workdir
+        self.metrics_port = free_port()
+        self.registry = CollectorRegistry()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.sim: Simulator | None = None
+        self.prometheus: subprocess.Popen[bytes] | None = None
+        self.prometheus_port = 0
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.call(self._start())
+
+    async def _start(self) -> None:
+        self.sim = Simulator(rate=1500, stocks=20)
+        await self.sim.start()
+        fo = sorted(k for k in self.sim.market.instruments if k.startswith("NSE_FO"))
+        settings = load_settings(
+            database_url=self.dsn,
+            upstox_api_url=self.sim.url,
+            upstox_token=self.sim.token,
+            instruments_url=f"{self.sim.url}/market-quote/instruments/exchange/complete.json.gz",
+            universe=[
+                {"mode": "full", "segments": ["NSE_FO"], "instrument_types": ["FUT"], "nearest_expiries": 1},
+                {"mode": "ltpc", "segments": ["NSE_INDEX", "NSE_EQ"]},
+                {"mode": "option_greeks", "instrument_types": ["CE", "PE"], "underlyings": ["NIFTY"]},
+            ],
+            subscriptions={"full_d30": fo[-2:]},
+            spool_dir=self.workdir / "spool",
+            metrics_port=self.metrics_port,
+            candle_refresh_interval_s=2.0,
+            flush_interval_s=0.2,
+            backoff_base_s=0.05,
+            backoff_cap_s=0.2,
+        )
+        self.stop_event = asyncio.Event()
+        self.app = asyncio.create_task(run(settings, stop=self.stop_event, registry=self.registry))
+
+    def metrics_text(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return urllib.request.urlopen(url, timeout=5).read().decode()  # type: ignore[no-any-return]
+
+    def start_prometheus(self) -> None:
+        binary = shutil.which("prometheus")
+        assert binary, "Debian's prometheus package is required (scripts/test installs it)"
+        self.prometheus_port = free_port()
+        config = self.workdir / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files: ['{ROOT / 'prometheus' / 'rules' / 'collector.yml'}']\n"
+            "scrape_configs:\n"
+            "  - job_name: collector\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{self.metrics_port}']}}]\n"
+        )
+        log = (self.workdir / "prometheus.log").open("wb")
+        self.prometheus = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.prometheus_port}/-/ready", timeout=2)
+                return
+            except OSError:
+                assert time.monotonic() < deadline, (self.workdir / "prometheus.log").read_text()[-2000:]
+                time.sleep(0.2)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Evaluate PromQL now; raise on any error."""
+        url = f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expr}
+        )
+        try:
+            body = json.load(urllib.request.urlopen(url, timeout=10))
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{expr}: {exc.read().decode()}") from None
+        assert body["status"] == "success", (expr, body)
+        return body["data"]["result"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.terminate()
+            self.prometheus.wait(30)
+        if hasattr(self, "app"):
+            self.call(self._stop(), 90)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _stop(self) -> None:
+        self.stop_event.set()
+        await self.app
+        if self.sim is not None:
+            await self.sim.close()
