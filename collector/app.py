@@ -26,7 +26,7 @@ from collector.backoff import full_jitter
 from collector.exceptions import CollectorError
 from collector.feed import FeedConnection, FeedOptions, authorize_limiter
 from collector.instruments import load_master
-from collector.jobs import Jobs
+from collector.jobs import Jobs, apply_retention_policy
 from collector.market import MarketState
 from collector.metrics import Metrics
 from collector.migrate import migrate
@@ -93,6 +93,7 @@ async def run(
     try:
         if settings.migrate_on_start:
             await migrate(conn)
+            await apply_retention_policy(conn, settings.retention_days)
         universe = await _universe(conn, settings)
     finally:
         await conn.close()

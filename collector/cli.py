@@ -71,11 +71,13 @@ async def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> 
 
 
 async def _migrate(settings: Settings) -> None:
+    from collector.jobs import apply_retention_policy
     from collector.migrate import migrate
 
     conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
     try:
         applied = await migrate(conn)
+        await apply_retention_policy(conn, settings.retention_days)
     finally:
         await conn.close()
     print(f"applied {len(applied)} migrations" if applied else "database is up to date")

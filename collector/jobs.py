@@ -17,7 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from collector.metrics import Metrics
 
-__all__ = ["IST_TZ", "Jobs", "candles_mode"]
+__all__ = ["IST_TZ", "Jobs", "apply_retention_policy", "candles_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,21 @@ async def candles_mode(conn: asyncpg.Connection) -> str:
     """'continuous_aggregates' or 'scheduled_refresh', as the migration decided."""
     value = await conn.fetchval("SELECT value FROM storage_info WHERE key = 'candles'")
     return str(value)
+
+
+async def apply_retention_policy(conn: asyncpg.Connection, days: int | None) -> None:
+    """Where TimescaleDB has policies, make the ticks retention policy match ``days``.
+
+    Needs the table's owner, so it runs with the migrations.
+    """
+    if await candles_mode(conn) != "continuous_aggregates":
+        return
+    await conn.execute("SELECT remove_retention_policy('ticks', if_exists => true)")
+    if days is not None:
+        await conn.execute(
+            "SELECT add_retention_policy('ticks', drop_after => $1::interval)", timedelta(days=days)
+        )
+        logger.info("retention policy: ticks older than %d days are dropped", days)
 
 
 class Jobs:
@@ -100,18 +115,12 @@ class Jobs:
             "DELETE FROM ingest_ledger WHERE committed_at < now() - make_interval(days => $1)",
             self._ledger_days,
         )
-        if self._retention_days is None:
-            return
+        if self._retention_days is None or await candles_mode(conn) == "continuous_aggregates":
+            return  # there, a retention policy (set by `collector migrate`) drops chunks
         keep = timedelta(days=self._retention_days)
-        if await candles_mode(conn) == "continuous_aggregates":
-            await conn.execute("SELECT remove_retention_policy('ticks', if_exists => true)")
-            await conn.execute("SELECT add_retention_policy('ticks', drop_after => $1::interval)", keep)
-        else:
-            dropped = await conn.fetch(
-                "SELECT drop_chunks('ticks', older_than => now() - $1::interval)", keep
-            )
-            if dropped:
-                logger.info("retention dropped %d chunks of ticks", len(dropped))
+        dropped = await conn.fetch("SELECT drop_chunks('ticks', older_than => now() - $1::interval)", keep)
+        if dropped:
+            logger.info("retention dropped %d chunks of ticks", len(dropped))
 
     def schedule(
         self,

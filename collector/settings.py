@@ -46,7 +46,10 @@ class UniverseFilter(BaseModel):
 class Settings(BaseSettings):
     """The collector's configuration. Secrets are ``SecretStr`` and never logged."""
 
-    model_config = SettingsConfigDict(env_prefix="COLLECTOR_", env_file=".env", extra="ignore")
+    # An empty variable means "use the default" (docker compose passes unset ones as "").
+    model_config = SettingsConfigDict(
+        env_prefix="COLLECTOR_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     # Storage
     database_url: SecretStr = SecretStr("postgresql://collector@127.0.0.1:5432/collector")
