@@ -1,0 +1,208 @@
+"""Measure the pipeline: decode, sequence+batch, COPY, simulator, end to end.
+
+    python benchmarks/pipeline.py [--dsn postgresql://...] [--seconds 20] [--rate 20000]
+
+Without --dsn it uses scripts/timescaledb-local (started if needed). Prints
+figures; asserts nothing (machines are noisy: read the numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from collector.app import run  # noqa: E402
+from collector.batch import Batch, Batcher  # noqa: E402
+from collector.decode import decode_frame  # noqa: E402
+from collector.metrics import Metrics  # noqa: E402
+from collector.migrate import migrate  # noqa: E402
+from collector.proto import MarketDataFeedV3_pb2 as pb  # noqa: E402
+from collector.sequencer import TickSequencer  # noqa: E402
+from collector.settings import load_settings  # noqa: E402
+from collector.simulator.market import SimMarket, generate_master  # noqa: E402
+from collector.simulator.server import Simulator  # noqa: E402
+from collector.spool import Spool  # noqa: E402
+from collector.writer import Writer  # noqa: E402
+
+
+def frames_for(mode: str, n_frames: int, per_frame: int = 100) -> list[bytes]:
+    market = SimMarket(generate_master(200), seed=1)
+    keys = [k for k in market.instruments if k.startswith("NSE_FO")][:per_frame]
+    out = []
+    now = int(time.time() * 1000)
+    for i in range(n_frames):
+        msg = pb.FeedResponse(type=pb.live_feed, currentTs=now + i)
+        for key in keys:
+            market.fill(msg.feeds[key], market.tick(key, now + i), mode)  # type: ignore[arg-type]
+        out.append(msg.SerializeToString())
+    return out
+
+
+def bench_decode() -> None:
+    print("decode (frames of 100 instruments, one core):")
+    for mode in ("ltpc", "option_greeks", "full", "full_d30"):
+        data = frames_for(mode, 200)
+        now = datetime.now(UTC)
+        start = time.perf_counter()
+        ticks = 0
+        for _ in range(3):
+            for d in data:
+                ticks += len(decode_frame(d, now).ticks)
+        elapsed = time.perf_counter() - start
+        size = statistics.mean(len(d) for d in data) / 100
+        print(f"  {mode:14s} {ticks / elapsed:10,.0f} ticks/s   {size:6.0f} bytes/tick on the wire")
+
+
+def bench_sequence_batch() -> None:
+    data = frames_for("full", 300)
+    now = datetime.now(UTC)
+    frames = [decode_frame(d, now) for d in data]
+    seq = TickSequencer()
+    batcher = Batcher(max_batch_rows=5000, flush_interval_s=0.5)
+    start = time.perf_counter()
+    n = 0
+    for f in frames:
+        ticks = seq.process(f.ticks)
+        batcher.add(0.0, ticks, f.bars)
+        n += len(ticks)
+        if batcher.full():
+            batcher.seal()
+    elapsed = time.perf_counter() - start
+    print(f"sequencer + batcher (full mode): {n / elapsed:,.0f} ticks/s")
+
+
+async def bench_copy(dsn: str) -> None:
+    data = frames_for("full", 500)
+    now = datetime.now(UTC)
+    ticks = [t for d in data for t in decode_frame(d, now).ticks]
+    conn = await asyncpg.connect(dsn)
+    writer = Writer(connect=lambda: asyncpg.connect(dsn), metrics=Metrics(CollectorRegistry()),
+                    spool=Spool(Path(tempfile.mkdtemp()), max_bytes=1 << 30))  # fmt: skip
+    for size in (1000, 5000):
+        batches = [Batch(uuid.uuid4(), ticks=ticks[i : i + size]) for i in range(0, len(ticks), size)]
+        start = time.perf_counter()
+        for b in batches:
+            await writer._write(conn, b)
+        elapsed = time.perf_counter() - start
+        print(f"COPY + ledger commit, full-mode ticks, batches of {size}: {len(ticks) / elapsed:,.0f} rows/s "
+              f"({elapsed / len(batches) * 1000:.1f} ms per batch)")  # fmt: skip
+    await conn.close()
+
+
+async def bench_simulator(seconds: float) -> None:
+    sim = Simulator(rate=1_000_000, stocks=200)
+    market = sim.market
+    keys = list(market.instruments)[:2000]
+    for mode in ("ltpc", "full"):
+        start = time.perf_counter()
+        n = 0
+        now = int(time.time() * 1000)
+        while time.perf_counter() - start < seconds / 4:
+            msg = pb.FeedResponse(type=pb.live_feed, currentTs=now)
+            for key in keys[:500]:
+                market.fill(msg.feeds[key], market.tick(key, now), mode)  # type: ignore[arg-type]
+            msg.SerializeToString()
+            n += 500
+        print(f"simulator tick generation, {mode}: {n / (time.perf_counter() - start):,.0f} ticks/s")
+
+
+async def bench_end_to_end(dsn: str, seconds: float, rate: float) -> None:
+    async with Simulator(rate=rate, stocks=200, frame_interval_s=0.02) as sim:
+        fo = sorted(k for k in sim.market.instruments if k.startswith("NSE_FO"))
+        eq = sorted(k for k in sim.market.instruments if k.startswith(("NSE_EQ", "NSE_INDEX")))
+        registry = CollectorRegistry()
+        settings = load_settings(
+            database_url=dsn, upstox_api_url=sim.url, upstox_token=sim.token,
+            subscriptions={"full": fo[:600], "ltpc": eq}, spool_dir=Path(tempfile.mkdtemp()),
+            candle_refresh_interval_s=10,
+        )  # fmt: skip
+        stop = asyncio.Event()
+        app = asyncio.create_task(run(settings, stop=stop, registry=registry, serve_metrics=False))
+
+        def rows() -> float:
+            return registry.get_sample_value("collector_rows_written_total", {"table": "ticks"}) or 0.0
+
+        while rows() == 0:  # noqa: ASYNC110 - polling a metric, there is no event to wait on
+            await asyncio.sleep(0.2)
+        start, r0, s0 = time.perf_counter(), rows(), sim.stats()["ticks_sent"]
+        cpu0 = time.process_time()
+        await asyncio.sleep(seconds)
+        elapsed = time.perf_counter() - start
+        r1, s1 = rows(), sim.stats()["ticks_sent"]
+        cpu = time.process_time() - cpu0
+        hist = {}
+        for metric in registry.collect():
+            if metric.name == "collector_receive_to_commit_seconds":
+                for s in metric.samples:
+                    if s.name.endswith("_bucket"):
+                        hist[float(s.labels["le"])] = s.value
+        total = hist[float("inf")]
+
+        def quantile(q: float) -> float:
+            return next(le for le, c in sorted(hist.items()) if c >= q * total)
+
+        stop.set()
+        await app
+    print(f"end to end, simulator asked for {rate:,.0f} ticks/s (one process for simulator and collector):")
+    print(f"  sent {(s1 - s0) / elapsed:,.0f} ticks/s, committed {(r1 - r0) / elapsed:,.0f} rows/s, "
+          f"CPU {cpu / elapsed * 100:.0f}% of one core for both")  # fmt: skip
+    print(
+        f"  receive->commit latency (oldest row per batch): p50 <= {quantile(0.5)}s, p99 <= {quantile(0.99)}s"
+    )
+    print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+async def fresh_database(admin_dsn: str) -> str:
+    name = "bench_" + uuid.uuid4().hex[:8]
+    conn = await asyncpg.connect(admin_dsn)
+    await conn.execute(f"CREATE DATABASE {name}")
+    await conn.close()
+    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(dsn)
+    await migrate(conn)
+    await conn.close()
+    return dsn
+
+
+def local_database() -> str:
+    script = str(ROOT / "scripts" / "timescaledb-local")
+    subprocess.run([script, "start"], check=True)
+    return subprocess.check_output([script, "dsn"], text=True).strip()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dsn", help="superuser DSN of a TimescaleDB (default: scripts/timescaledb-local)")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=20_000.0)
+    args = parser.parse_args()
+    admin = args.dsn
+    if admin is None:
+        subprocess.run([str(ROOT / "scripts" / "timescaledb-local"), "start"], check=True)
+        admin = subprocess.check_output(
+            [str(ROOT / "scripts" / "timescaledb-local"), "dsn"], text=True
+        ).strip()
+    bench_decode()
+    bench_sequence_batch()
+    await bench_simulator(args.seconds)
+    await bench_copy(await fresh_database(admin))
+    await bench_end_to_end(await fresh_database(admin), args.seconds, args.rate)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
