@@ -191,12 +191,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=20_000.0)
     args = parser.parse_args()
-    admin = args.dsn
-    if admin is None:
-        subprocess.run([str(ROOT / "scripts" / "timescaledb-local"), "start"], check=True)
-        admin = subprocess.check_output(
-            [str(ROOT / "scripts" / "timescaledb-local"), "dsn"], text=True
-        ).strip()
+    admin = args.dsn or await asyncio.to_thread(local_database)
     bench_decode()
     bench_sequence_batch()
     await bench_simulator(args.seconds)
