@@ -37,7 +37,7 @@ from collector.spool import Spool
 from collector.universe import resolve_universe
 from collector.writer import Writer
 
-__all__ = ["connect_with_retry", "run"]
+__all__ = ["apply_universe", "connect_with_retry", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,52 @@ async def _universe(conn: asyncpg.Connection, settings: Settings) -> dict[Mode, 
         return {m: sorted(set(k)) for m, k in settings.subscriptions.items() if k}
     universe, _unknown = resolve_universe(rows, explicit=settings.subscriptions, filters=settings.universe)
     return universe
+
+
+async def apply_universe(
+    feeds: list[FeedConnection], universe: dict[Mode, list[str]], metrics: Metrics
+) -> dict[Mode, list[str]]:
+    """Move running connections to a new universe without reconnecting.
+
+    Keys that left are unsubscribed, keys whose mode changed get change_mode,
+    new keys go to the least loaded connection with room for them. Used after
+    the daily instrument sync, when contracts roll (near-month futures, new
+    expiries). Returns the keys that fit nowhere.
+    """
+    wanted: dict[str, Mode] = {}
+    for mode in ("full_d30", "full", "option_greeks", "ltpc"):
+        for key in universe.get(mode, []):
+            wanted.setdefault(key, mode)
+    for feed in feeds:
+        current = {k: m for m, keys in feed.shard.keys.items() for k in keys}
+        gone = [k for k in current if k not in wanted]
+        if gone:
+            await feed.unsubscribe(gone)
+        for mode in MODES:
+            moved = [k for k, m in current.items() if wanted.get(k) == mode and m != mode]
+            if moved:
+                try:
+                    await feed.change_mode(mode, moved)
+                except ValueError:
+                    await feed.unsubscribe(moved)  # placed again below
+    placed = {k for f in feeds for keys in f.shard.keys.values() for k in keys}
+    rejected: dict[Mode, list[str]] = {}
+    for mode in MODES:
+        todo = [k for k, m in wanted.items() if m == mode and k not in placed]
+        for feed in sorted(feeds, key=lambda f: f.shard.size):
+            n = min(feed.room(mode), len(todo))
+            if n:
+                await feed.subscribe(mode, todo[:n])
+                todo = todo[n:]
+        if todo:
+            rejected[mode] = todo
+    for mode in MODES:
+        metrics.universe.labels(mode).set(len(universe.get(mode, [])))
+        metrics.sub_rejected.labels(mode).set(len(rejected.get(mode, [])))
+    logger.info(
+        "universe applied: %d keys, %d fit no connection", len(wanted), sum(len(v) for v in rejected.values())
+    )
+    return rejected
 
 
 async def run(
@@ -160,6 +206,8 @@ async def run(
     async def sync() -> bool:
         async def work(c: asyncpg.Connection) -> None:
             await load_master(c, settings.instruments_url)
+            # Contracts roll: re-resolve the universe from today's master and apply it.
+            await apply_universe(feeds, await _universe(c, settings), metrics)
 
         return await jobs._run("instrument_sync", work)
 

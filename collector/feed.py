@@ -154,6 +154,16 @@ class FeedConnection:
         self._publish_requested()
         await self._send("change_mode", sorted(move), mode)
 
+    def room(self, mode: Mode) -> int:
+        """How many more keys of ``mode`` this connection can take within the limits."""
+        counts = {m: len(self.shard.keys.get(m, [])) for m in MODES}
+        others = [m for m in MODES if m != mode and counts[m] > 0]
+        if not others:
+            return max(self._limits.alone[mode] - counts[mode], 0)
+        if not all(counts[m] <= self._limits.mixed[m] for m in others):
+            return 0
+        return max(self._limits.mixed[mode] - counts[mode], 0)
+
     def _all_keys(self) -> set[str]:
         return {k for keys in self.shard.keys.values() for k in keys}
 

@@ -269,3 +269,38 @@ async def test_universe_larger_than_one_connection_is_spread_within_limits() -> 
             await until(lambda: c.metric("collector_text_messages_total") >= 1, what="limit error")
             await until(lambda: len(subscribed(sim)) == 1)
             assert len(subscribed(sim)[0]) < 75
+
+
+async def test_new_universe_is_applied_to_running_connections() -> None:
+    from collector.app import apply_universe
+
+    async with Simulator(rate=500, limits=SMALL, max_connections=2) as sim:
+        fo = [k for k in sim.market.instruments if k.startswith("NSE_FO")]
+        eq = [k for k in sim.market.instruments if k.startswith("NSE_EQ")]
+        shards, _ = shard_universe({"full": fo[:40]}, 2, SMALL)
+        clients = [Client(sim, s, limits=SMALL) for s in shards]
+        async with running(clients[0]), running(clients[1]):
+            await until(lambda: sum(len(s) for s in subscribed(sim)) == 40)
+            # The day rolls: 10 contracts expire, 10 new ones list, 5 move to ltpc, equities join.
+            new: dict[Mode, list[str]] = {"full": fo[10:35] + fo[40:50], "ltpc": fo[35:40] + eq[:10]}
+            rejected = await apply_universe([c.feed for c in clients], new, clients[0].metrics)
+            want = {k: m for m, keys in new.items() for k in keys if k not in rejected.get(m, [])}
+            await until(lambda: {k: m for s in subscribed(sim) for k, m in s.items()} == want, what="applied")
+            assert sim.connections_total == 2  # no reconnect needed
+            for c in clients:
+                counts = {m: len(k) for m, k in c.feed.shard.keys.items() if k}
+                assert SMALL.fits(counts)  # type: ignore[arg-type]
+            assert not rejected and len(want) == 50
+            # More than two connections can hold: the rest is reported, not forced on.
+            rejected = await apply_universe([c.feed for c in clients], {"full": fo[:70]}, clients[0].metrics)
+            assert len(rejected["full"]) == 10
+            await until(lambda: sum(len(s) for s in subscribed(sim)) == 60, what="60 of 70 placed")
+            assert sample(clients[0].registry, "collector_subscription_rejected_keys", {"mode": "full"}) == 10
+
+
+async def test_slow_request_handling_still_subscribes() -> None:
+    async with Simulator(rate=300) as sim:
+        sim.request_delay_s = 0.3  # the server reads our requests slowly
+        async with running(Client(sim, shard_of(sim))) as c:
+            await until(lambda: c.ticks() > 10, what="ticks despite a slow server")
+            await until(lambda: len(subscribed(sim)[0]) == 21, what="every request handled")
