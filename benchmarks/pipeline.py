@@ -121,6 +121,75 @@ async def bench_simulator(seconds: float) -> None:
         print(f"simulator tick generation, {mode}: {n / (time.perf_counter() - start):,.0f} ticks/s")
 
 
+async def bench_simulator_serving(seconds: float, rate: float, mode: str) -> None:
+    """`collector simulate` in its own process; this process reads and decodes."""
+    import json
+    import socket
+    import urllib.request
+
+    from websockets.asyncio.client import connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once; ended in finally
+        [sys.executable, "-m", "collector", "simulate", "--port", str(port), "--rate", str(rate), "--stocks", "300"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                body = await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(
+                        urllib.request.Request(
+                            base + "/v3/feed/market-data-feed/authorize",
+                            headers={"Authorization": "Bearer sim-token"},
+                        ),
+                        timeout=2,
+                    ).read()
+                )
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        uri = json.loads(body)["data"]["authorized_redirect_uri"]
+        master = json.loads(
+            __import__("gzip").decompress(
+                await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(
+                        base + "/market-quote/instruments/exchange/complete.json.gz", timeout=5
+                    ).read()
+                )
+            )
+        )
+        keys = [r["instrument_key"] for r in master][:1500]
+        async with connect(uri, max_size=None) as ws:
+            await ws.send(
+                json.dumps(
+                    {"guid": "b", "method": "sub", "data": {"mode": mode, "instrumentKeys": keys}}
+                ).encode()
+            )
+            now = datetime.now(UTC)
+            n = 0
+            start = None
+            async for message in ws:
+                if isinstance(message, bytes):
+                    frame = decode_frame(message, now)
+                    if frame.kind == "live_feed":
+                        if start is None:
+                            start = time.perf_counter()
+                        n += len(frame.ticks)
+                if start is not None and time.perf_counter() - start > seconds:
+                    break
+        elapsed = time.perf_counter() - start  # type: ignore[operator]
+        print(
+            f"simulator serving {mode} (own process), asked for {rate:,.0f}: {n / elapsed:,.0f} ticks/s received"
+        )
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 async def bench_end_to_end(dsn: str, seconds: float, rate: float) -> None:
     async with Simulator(rate=rate, stocks=200, frame_interval_s=0.02) as sim:
         fo = sorted(k for k in sim.market.instruments if k.startswith("NSE_FO"))
@@ -195,6 +264,8 @@ async def main() -> None:
     bench_decode()
     bench_sequence_batch()
     await bench_simulator(args.seconds)
+    await bench_simulator_serving(args.seconds / 2, 60_000, "ltpc")
+    await bench_simulator_serving(args.seconds / 2, 60_000, "full")
     await bench_copy(await fresh_database(admin))
     await bench_end_to_end(await fresh_database(admin), args.seconds, args.rate)
 
