@@ -265,6 +265,7 @@ async def main() -> None:
     bench_sequence_batch()
     await bench_simulator(args.seconds)
     await bench_simulator_serving(args.seconds / 2, 60_000, "ltpc")
+    await bench_simulator_serving(args.seconds / 2, 100_000, "ltpc")
     await bench_simulator_serving(args.seconds / 2, 60_000, "full")
     await bench_copy(await fresh_database(admin))
     await bench_end_to_end(await fresh_database(admin), args.seconds, args.rate)

@@ -179,6 +179,8 @@ class Writer:
         everything was committed.
         """
         deadline = self._clock() + timeout_s
+        # A cancelled run() may have left the connection inside a transaction.
+        await self._drop_connection()
         while not self.queue.empty():
             self._accept(self.queue.get_nowait())
         self._seal()
@@ -212,7 +214,8 @@ class Writer:
             now = self._clock()
             if self._batcher.full() or (self._batcher.due(now) and (not self._flushing or not self._db_up)):
                 self._seal()
-            if not self._db_up:
+            if not self._db_up or self._pending_rows > self._max_pending_rows:
+                # Away, or up but slower than the feed: memory stays bounded either way.
                 self._maybe_spill(now)
             while self._spool_full():
                 # Accepted data is never dropped: stop taking more until the spool drains.

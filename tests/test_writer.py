@@ -158,3 +158,49 @@ async def test_drain_spills_what_it_cannot_commit(tmp_path: Path) -> None:
     assert await writer.drain(0.5) is False
     assert spool.rows > 0 and writer._pending_rows == 0 and len(writer._batcher) == 0
     spool.close()
+
+
+async def test_drain_after_cancel_mid_transaction_commits_everything(migrated: str, tmp_path: Path) -> None:
+    writer, _, spool = make_writer(migrated, tmp_path, max_batch_rows=100)
+    sent = frames(20)
+    task = asyncio.create_task(writer.run())
+    for f in sent:
+        await writer.deliver(f)
+    # Cancel while a batch is being written, as shutdown does.
+    await until(lambda: writer._flushing, what="a write in flight")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await writer.drain(30) is True
+    assert spool.rows == 0
+    conn = await asyncpg.connect(migrated)
+    try:
+        n, distinct = await conn.fetchrow(
+            "SELECT count(*), count(DISTINCT (instrument_key, time)) FROM ticks"
+        )
+    finally:
+        await conn.close()
+    assert n == distinct == sum(len(f.ticks) for f in sent)
+    spool.close()
+
+
+async def test_memory_stays_bounded_when_the_database_is_slower_than_the_feed(
+    migrated: str, tmp_path: Path
+) -> None:
+    gate = asyncio.Event()
+
+    async def slow_connect() -> asyncpg.Connection:
+        await gate.wait()  # a database that cannot keep up (here: not at all, yet)
+        return await asyncpg.connect(migrated)
+
+    writer, registry, spool = make_writer(slow_connect, tmp_path, max_batch_rows=50, max_pending_rows=200)
+    writer._db_up = True  # it was fine a moment ago
+    sent = frames(20)
+    async with running(writer):
+        for f in sent:
+            await writer.deliver(f)
+        await until(lambda: spool.rows > 0 and writer._pending_rows <= 200 + 50, what="spilled while up")
+        gate.set()
+        total = sum(len(f.ticks) for f in sent)
+        await until(lambda: sample(registry, "collector_rows_written_total", {"table": "ticks"}) == total)
+    spool.close()

@@ -359,13 +359,17 @@ class Simulator:
         self.snapshots_sent += len(keys)
 
     async def _stream(self, client: _Client) -> None:
-        interval = self.frame_interval_s
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.frame_interval_s)
+            # Credit the time that really passed (sleeping plus generating),
+            # so the configured rate holds however long a frame takes to build.
+            now = time.monotonic()
+            elapsed, last = now - last, now
             if client.stalled or not client.subs:
                 continue
             total = sum(len(c.subs) for c in self.clients) or 1
-            client.owed += self.rate * interval * len(client.subs) / total
+            client.owed += self.rate * elapsed * len(client.subs) / total
             n = int(client.owed)
             if n <= 0:
                 continue
