@@ -2,8 +2,9 @@
 
 The writer adds every decoded frame here and seals a batch when it holds
 ``max_batch_rows`` ticks or its first record is ``flush_interval_s`` old,
-whichever comes first. While a COPY is in flight the open batch keeps
-growing, so a slow database gets larger, fewer batches.
+whichever comes first. While a COPY is in flight the writer lets the open
+batch keep growing (to ten times the size bound), so a slow or busy database
+gets larger, fewer batches.
 
 Exchange bars repeat in nearly every full-mode frame (the previous and the
 current I1/I30 bar); within a batch only the latest version of each
@@ -81,6 +82,11 @@ class Batcher:
         self._statuses.extend(statuses)
         self._sessions.extend(sessions)
         self._gaps.extend(gaps)
+
+    @property
+    def tick_rows(self) -> int:
+        """Ticks in the open batch."""
+        return len(self._ticks)
 
     def full(self) -> bool:
         """Whether the open batch reached its size bound."""

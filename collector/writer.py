@@ -212,7 +212,7 @@ class Writer:
                     self._accept(self.queue.get_nowait())
             self._metrics.queue_depth.set(self.queue.qsize())
             now = self._clock()
-            if self._batcher.full() or (self._batcher.due(now) and (not self._flushing or not self._db_up)):
+            if self._should_seal(now):
                 self._seal()
             if not self._db_up or self._pending_rows > self._max_pending_rows:
                 # Away, or up but slower than the feed: memory stays bounded either way.
@@ -222,6 +222,15 @@ class Writer:
                 logger.error("spool full (%d bytes); pausing intake", self._spool.bytes)
                 self._spool_space.clear()
                 await self._spool_space.wait()
+
+    def _should_seal(self, now: float) -> bool:
+        # While a write is in flight the open batch keeps growing, up to ten
+        # times max_batch_rows: under load, fewer and larger COPYs make fewer
+        # round trips, which is what lets the writer catch up.
+        busy = self._flushing and self._db_up
+        if self._batcher.tick_rows >= self._batcher.max_batch_rows * (10 if busy else 1):
+            return True
+        return self._batcher.due(now) and not busy
 
     def _accept(self, event: Event) -> None:
         now = self._clock()
