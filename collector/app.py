@@ -209,7 +209,7 @@ async def run(
             # Contracts roll: re-resolve the universe from today's master and apply it.
             await apply_universe(feeds, await _universe(c, settings), metrics)
 
-        return await jobs._run("instrument_sync", work)
+        return await jobs.run("instrument_sync", work)
 
     def publish_token_expiry() -> None:
         # Read again every minute: a rotated token file changes the expiry while

@@ -16,6 +16,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import websockets
@@ -45,35 +46,21 @@ __all__ = ["FeedConnection", "FeedOptions"]
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
 class FeedOptions:
     """Timing and sizing of a feed connection; seconds unless named otherwise."""
 
-    def __init__(
-        self,
-        *,
-        chunk_size: int = 500,
-        open_timeout_s: float = 10.0,
-        ping_interval_s: float = 20.0,
-        ping_timeout_s: float = 20.0,
-        stall_timeout_s: float = 60.0,
-        healthy_after_s: float = 30.0,
-        backoff_base_s: float = 1.0,
-        backoff_cap_s: float = 60.0,
-        token_retry_s: float = 60.0,
-        rate_limit_retry_s: float = 30.0,
-        max_frame_bytes: int = 16 * 1024 * 1024,
-    ) -> None:
-        self.chunk_size = chunk_size
-        self.open_timeout_s = open_timeout_s
-        self.ping_interval_s = ping_interval_s
-        self.ping_timeout_s = ping_timeout_s
-        self.stall_timeout_s = stall_timeout_s
-        self.healthy_after_s = healthy_after_s
-        self.backoff_base_s = backoff_base_s
-        self.backoff_cap_s = backoff_cap_s
-        self.token_retry_s = token_retry_s
-        self.rate_limit_retry_s = rate_limit_retry_s
-        self.max_frame_bytes = max_frame_bytes
+    chunk_size: int = 500
+    open_timeout_s: float = 10.0
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    stall_timeout_s: float = 60.0
+    healthy_after_s: float = 30.0
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    token_retry_s: float = 60.0
+    rate_limit_retry_s: float = 30.0
+    max_frame_bytes: int = 16 * 1024 * 1024
 
 
 def authorize_limiter(clock: Callable[[], float] = time.monotonic) -> RateLimiter:

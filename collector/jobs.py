@@ -66,7 +66,8 @@ class Jobs:
         self._refreshed_from: datetime | None = None
         self.mode: str | None = None
 
-    async def _run(self, name: str, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> bool:
+    async def run(self, name: str, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> bool:
+        """Run ``work`` on a fresh connection as job ``name``: counted, logged, never raised."""
         self._metrics.job_runs.labels(name).inc()
         try:
             conn = await self._connect()
@@ -83,7 +84,7 @@ class Jobs:
 
     async def refresh_candles(self) -> bool:
         """Recompute candles from the last refresh (or the oldest late tick) onwards."""
-        return await self._run("candle_refresh", self._refresh)
+        return await self.run("candle_refresh", self._refresh)
 
     async def _refresh(self, conn: asyncpg.Connection) -> None:
         if self.mode is None:
@@ -108,7 +109,7 @@ class Jobs:
         self._refreshed_from = started - timedelta(minutes=1)
 
     async def retention(self) -> bool:
-        return await self._run("retention", self._retention)
+        return await self.run("retention", self._retention)
 
     async def _retention(self, conn: asyncpg.Connection) -> None:
         await conn.execute(

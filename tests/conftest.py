@@ -75,7 +75,7 @@ def tsdb() -> Iterator[Server]:
     if _docker_works():
         from testcontainers.postgres import PostgresContainer
 
-        with PostgresContainer("timescale/timescaledb:latest-pg17", driver=None) as pg:
+        with PostgresContainer("timescale/timescaledb:2.17.2-pg17", driver=None) as pg:
             yield Server(pg.get_connection_url())
         return
     subprocess.run([str(LOCAL_TSDB), "start"], check=True)
