@@ -36,8 +36,7 @@ from collector.sequencer import TickSequencer  # noqa: E402
 from collector.settings import load_settings  # noqa: E402
 from collector.simulator.market import SimMarket, generate_master  # noqa: E402
 from collector.simulator.server import Simulator  # noqa: E402
-from collector.spool import Spool  # noqa: E402
-from collector.writer import Writer  # noqa: E402
+from collector.store import BatchStore  # noqa: E402
 
 
 def frames_for(mode: str, n_frames: int, per_frame: int = 100) -> list[bytes]:
@@ -91,13 +90,12 @@ async def bench_copy(dsn: str) -> None:
     now = datetime.now(UTC)
     ticks = [t for d in data for t in decode_frame(d, now).ticks]
     conn = await asyncpg.connect(dsn)
-    writer = Writer(connect=lambda: asyncpg.connect(dsn), metrics=Metrics(CollectorRegistry()),
-                    spool=Spool(Path(tempfile.mkdtemp()), max_bytes=1 << 30))  # fmt: skip
+    store = BatchStore(Metrics(CollectorRegistry()))
     for size in (1000, 5000):
         batches = [Batch(uuid.uuid4(), ticks=ticks[i : i + size]) for i in range(0, len(ticks), size)]
         start = time.perf_counter()
         for b in batches:
-            await writer._write(conn, b)
+            await store.write(conn, b)
         elapsed = time.perf_counter() - start
         print(f"COPY + ledger commit, full-mode ticks, batches of {size}: {len(ticks) / elapsed:,.0f} rows/s "
               f"({elapsed / len(batches) * 1000:.1f} ms per batch)")  # fmt: skip

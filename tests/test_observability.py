@@ -16,14 +16,15 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from collector.batch import Batch
 from collector.jobs import Jobs
 from collector.metrics import Metrics
+from collector.store import BatchStore
 from tests.conftest import ROOT, Server
 from tests.grafana import expand
 from tests.helpers import sample
-from tests.pipeline import make_writer
 from tests.stack import Stack
 
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -173,27 +174,24 @@ def test_dashboards_are_provisionable(stack: Stack) -> None:
     assert len(uids) == 3
 
 
-async def add_dead_letter(dsn: str, workdir: Path) -> None:
-    writer, _, spool = make_writer(dsn, workdir)
+async def add_dead_letter(dsn: str) -> None:
+    store = BatchStore(Metrics(CollectorRegistry()))
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow("SELECT * FROM ticks LIMIT 1")
         from collector.records import TICK_COLUMNS, Tick
 
         tick = Tick(*(row[c] for c in TICK_COLUMNS))._replace(instrument_key="NSE_EQ|\x00")
-        await writer._write(conn, Batch(uuid.uuid4(), ticks=[tick]))
+        await store.write(conn, Batch(uuid.uuid4(), ticks=[tick]))
     finally:
         await conn.close()
-        spool.close()
 
 
 def test_every_sql_panel_runs_and_shows_data(stack: Stack, tmp_path: Path) -> None:
-    asyncio.run(add_dead_letter(stack.dsn, tmp_path))
+    asyncio.run(add_dead_letter(stack.dsn))
 
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(stack.dsn)
-
-    from prometheus_client import CollectorRegistry
 
     assert asyncio.run(Jobs(connect=connect, metrics=Metrics(CollectorRegistry())).refresh_candles())
 

@@ -6,13 +6,11 @@ import asyncio
 import contextlib
 import math
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 
-from collector.batch import Batch
 from collector.decode import decode_frame
 from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.records import TICK_COLUMNS, Frame, Tick
@@ -80,38 +78,6 @@ async def test_ticks_written_by_copy_come_back_equal(migrated: str, tmp_path: Pa
     assert len(rows) == sum(len(f.ticks) for f in sent)
     assert {r["kind"] for r in rows} == {"ltpc", "full", "option_greeks", "full_d30", "index"}
     assert bars > 0
-
-
-async def test_a_batch_is_stored_once_whatever_the_retries(migrated: str, tmp_path: Path) -> None:
-    writer, _, _ = make_writer(migrated, tmp_path)
-    batch = Batch(uuid.uuid4(), ticks=frames(1)[0].ticks)
-    conn = await asyncpg.connect(migrated)
-    try:
-        assert await writer._write(conn, batch) is True
-        # A retry after an ambiguous failure (or a spool replay) of the same batch:
-        assert await writer._write(conn, batch) is False
-        assert await conn.fetchval("SELECT count(*) FROM ticks") == len(batch.ticks)
-        assert await conn.fetchval("SELECT rows FROM ingest_ledger WHERE batch_id = $1", batch.batch_id)
-    finally:
-        await conn.close()
-
-
-async def test_rejected_rows_go_to_dead_letters_and_the_rest_is_stored(migrated: str, tmp_path: Path) -> None:
-    writer, registry, _ = make_writer(migrated, tmp_path)
-    good = frames(1)[0].ticks
-    bad = good[0]._replace(instrument_key="NSE_EQ|bad\x00key")  # PostgreSQL text cannot hold NUL
-    batch = Batch(uuid.uuid4(), ticks=[*good[:7], bad, *good[7:]])
-    conn = await asyncpg.connect(migrated)
-    try:
-        assert await writer._write(conn, batch) is True
-        assert await conn.fetchval("SELECT count(*) FROM ticks") == len(good)
-        dead = await conn.fetch("SELECT * FROM dead_letters")
-    finally:
-        await conn.close()
-    assert len(dead) == 1
-    assert dead[0]["table_name"] == "ticks" and dead[0]["batch_id"] == batch.batch_id
-    assert dead[0]["reason"].startswith("CharacterNotInRepertoireError") and "0x00" in dead[0]["reason"]
-    assert sample(registry, "collector_dead_letter_rows_total") == 1
 
 
 async def test_database_away_spills_to_spool_then_replays_in_order(migrated: str, tmp_path: Path) -> None:
