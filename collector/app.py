@@ -241,8 +241,14 @@ async def run(
         task.cancel()
     await asyncio.gather(*feed_tasks, return_exceptions=True)
     writer_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    writer_error: BaseException | None = None
+    try:
         await writer_task
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:  # drain what was accepted first, then report it
+        logger.exception("writer failed")
+        writer_error = exc
     stopper.cancel()
     complete = await writer.drain(settings.shutdown_timeout_s)
     if not complete:
@@ -252,5 +258,5 @@ async def run(
     if metrics_server is not None:
         metrics_server.shutdown()
         metrics_server.server_close()
-    if writer_task.done() and not writer_task.cancelled() and writer_task.exception():
-        raise writer_task.exception()  # type: ignore[misc]
+    if writer_error is not None:
+        raise writer_error

@@ -24,6 +24,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from collector.batch import Batch
 from collector.exceptions import SpoolFullError
@@ -55,7 +56,7 @@ class Spool:
                 self.rows += rows
                 self.batches += 1
         self._next_number = int(self._segments[-1].stem) + 1 if self._segments else 1
-        self._write: tuple[Path, object] | None = None  # never appended to a pre-existing segment
+        self._write: tuple[Path, BinaryIO] | None = None  # never appended to a pre-existing segment
         self._read_offset = 0
         self._head: tuple[Batch, int, int] | None = None  # batch, rows, record size
         if self.batches:
@@ -104,17 +105,17 @@ class Spool:
             self._roll()
         assert self._write is not None
         f = self._write[1]
-        f.write(record)  # type: ignore[attr-defined]
-        f.flush()  # type: ignore[attr-defined]
+        f.write(record)
+        f.flush()
         if self.fsync:
-            os.fsync(f.fileno())  # type: ignore[attr-defined]
+            os.fsync(f.fileno())
         self.bytes += len(record)
         self.rows += batch.rows
         self.batches += 1
 
     def _roll(self) -> None:
         if self._write is not None:
-            self._write[1].close()  # type: ignore[attr-defined]
+            self._write[1].close()
         path = self.directory / f"{self._next_number:010d}.spool"
         self._next_number += 1
         self._write = (path, path.open("ab"))
@@ -137,9 +138,9 @@ class Spool:
                 offset, rows, size = records[0]
                 with path.open("rb") as f:
                     f.seek(offset + _HEADER.size)
-                    batch = pickle.loads(f.read(size - _HEADER.size))
+                    batch: Batch = pickle.loads(f.read(size - _HEADER.size))
                 self._head = (batch, rows, size)
-                return batch  # type: ignore[no-any-return]
+                return batch
             if self._write is not None and self._write[0] == path:
                 return None  # the live segment is fully read; it may grow
             self._drop_segment(path)
@@ -158,7 +159,7 @@ class Spool:
         path = self._segments[0]
         if self.batches == 0 and self._write is not None and self._write[0] == path:
             # Everything is read: start afresh so the file does not grow forever.
-            self._write[1].close()  # type: ignore[attr-defined]
+            self._write[1].close()
             self._write = None
             self._drop_segment(path)
         elif self._read_offset >= path.stat().st_size and not (self._write and self._write[0] == path):
@@ -176,5 +177,5 @@ class Spool:
 
     def close(self) -> None:
         if self._write is not None:
-            self._write[1].close()  # type: ignore[attr-defined]
+            self._write[1].close()
             self._write = None
