@@ -96,10 +96,11 @@ def _tick(
         flg = feed.firstLevelWithGreeks
         q = flg.firstDepth
         g = flg.optionGreeks
-        return _base(key, "option_greeks", flg.ltpc, snapshot, feed_time, received_at)._replace(
-            vtt=flg.vtt, oi=flg.oi, iv=flg.iv,
-            bid_price=q.bidP, bid_qty=q.bidQ, ask_price=q.askP, ask_qty=q.askQ,
-            delta=g.delta, theta=g.theta, gamma=g.gamma, vega=g.vega, rho=g.rho,
+        time, ltp, ltq, cp, iep = _trade(flg.ltpc, feed_time)
+        return Tick(
+            time, key, "option_greeks", snapshot, feed_time, received_at, ltp, ltq, cp,
+            None, flg.vtt, flg.oi, flg.iv, None, None, None, q.bidP, q.bidQ, q.askP, q.askQ,
+            g.delta, g.theta, g.gamma, g.vega, g.rho, iep, None, None, None, None,
         )  # fmt: skip
     if which == "fullFeed":
         full = feed.fullFeed
@@ -114,14 +115,20 @@ def _tick(
     return None
 
 
-def _base(
-    key: str, kind: str, ltpc: pb.LTPC, snapshot: bool, feed_time: datetime, received_at: datetime
-) -> Tick:
+def _trade(ltpc: pb.LTPC, feed_time: datetime) -> tuple[datetime, float, int, float, float | None]:
+    """(time, ltp, ltq, cp, iep) of an LTPC; time is the trade time, else the frame's."""
     ltt = ltpc.ltt
     time = epoch_ms(ltt, "ltt") if ltt else feed_time
     iep = ltpc.iep.value if ltpc.HasField("iep") else None
+    return time, ltpc.ltp, ltpc.ltq, ltpc.cp, iep
+
+
+def _base(
+    key: str, kind: str, ltpc: pb.LTPC, snapshot: bool, feed_time: datetime, received_at: datetime
+) -> Tick:
+    time, ltp, ltq, cp, iep = _trade(ltpc, feed_time)
     return Tick(
-        time, key, kind, snapshot, feed_time, received_at, ltpc.ltp, ltpc.ltq, ltpc.cp,
+        time, key, kind, snapshot, feed_time, received_at, ltp, ltq, cp,
         None, None, None, None, None, None, None, None, None, None, None,
         None, None, None, None, None, iep, None, None, None, None,
     )  # fmt: skip
@@ -138,20 +145,21 @@ def _market(
 ) -> Tick:
     quotes = mff.marketLevel.bidAskQuote
     kind = "full_d30" if request_mode == pb.full_d30 or len(quotes) > 5 else "full"
-    base = _base(key, kind, mff.ltpc, snapshot, feed_time, received_at)
+    time, ltp, ltq, cp, iep = _trade(mff.ltpc, feed_time)
     g = mff.optionGreeks
     bid_prices = [q.bidP for q in quotes]
     bid_qtys = [q.bidQ for q in quotes]
     ask_prices = [q.askP for q in quotes]
     ask_qtys = [q.askQ for q in quotes]
     _bars(key, mff.marketOHLC, received_at, bars)
-    return base._replace(
-        vtt=mff.vtt, oi=mff.oi, iv=mff.iv, atp=mff.atp, tbq=mff.tbq, tsq=mff.tsq,
-        bid_price=bid_prices[0] if quotes else None, bid_qty=bid_qtys[0] if quotes else None,
-        ask_price=ask_prices[0] if quotes else None, ask_qty=ask_qtys[0] if quotes else None,
-        delta=g.delta, theta=g.theta, gamma=g.gamma, vega=g.vega, rho=g.rho,
-        iep=mff.iep if mff.iep else base.iep,
-        bid_prices=bid_prices, bid_qtys=bid_qtys, ask_prices=ask_prices, ask_qtys=ask_qtys,
+    best: tuple[float | None, int | None, float | None, int | None] = (None, None, None, None)
+    if quotes:
+        best = (bid_prices[0], bid_qtys[0], ask_prices[0], ask_qtys[0])
+    return Tick(
+        time, key, kind, snapshot, feed_time, received_at, ltp, ltq, cp,
+        None, mff.vtt, mff.oi, mff.iv, mff.atp, mff.tbq, mff.tsq, *best,
+        g.delta, g.theta, g.gamma, g.vega, g.rho, mff.iep if mff.iep else iep,
+        bid_prices, bid_qtys, ask_prices, ask_qtys,
     )  # fmt: skip
 
 
