@@ -119,23 +119,29 @@ async def bench_simulator(seconds: float) -> None:
         print(f"simulator tick generation, {mode}: {n / (time.perf_counter() - start):,.0f} ticks/s")
 
 
+def spawn_simulator(rate: float, stocks: int = 200) -> tuple[subprocess.Popen[bytes], str]:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector", "simulate", "--port", str(port), "--rate", str(rate),
+         "--stocks", str(stocks)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
 async def bench_simulator_serving(seconds: float, rate: float, mode: str) -> None:
     """`collector simulate` in its own process; this process reads and decodes."""
     import json
-    import socket
     import urllib.request
 
     from websockets.asyncio.client import connect
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once; ended in finally
-        [sys.executable, "-m", "collector", "simulate", "--port", str(port), "--rate", str(rate), "--stocks", "300"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc, base = spawn_simulator(rate, stocks=300)
     try:
-        base = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
                 body = await asyncio.to_thread(
@@ -186,20 +192,6 @@ async def bench_simulator_serving(seconds: float, rate: float, mode: str) -> Non
     finally:
         proc.terminate()
         proc.wait()
-
-
-def spawn_simulator(rate: float, stocks: int = 200) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "simulate", "--port", str(port), "--rate", str(rate),
-         "--stocks", str(stocks)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def get_json(url: str) -> dict:  # type: ignore[type-arg]

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import ROOT
+from tests.stack import free_port
 
 
 def collector(
@@ -55,12 +56,6 @@ def test_secrets_never_reach_the_output(migrated: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "s3cr3t" not in result.stdout + result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout_s: float = 20) -> None:
