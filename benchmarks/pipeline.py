@@ -28,15 +28,15 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from collector.app import run  # noqa: E402
 from collector.batch import Batch, Batcher  # noqa: E402
+from collector.db.migrate import migrate  # noqa: E402
 from collector.decode import decode_frame  # noqa: E402
 from collector.metrics import Metrics  # noqa: E402
-from collector.migrate import migrate  # noqa: E402
 from collector.proto import MarketDataFeedV3_pb2 as pb  # noqa: E402
 from collector.sequencer import TickSequencer  # noqa: E402
 from collector.settings import load_settings  # noqa: E402
 from collector.simulator.market import SimMarket, generate_master  # noqa: E402
 from collector.simulator.server import Simulator  # noqa: E402
-from collector.store import BatchStore  # noqa: E402
+from collector.sink.store import BatchStore  # noqa: E402
 
 
 def frames_for(mode: str, n_frames: int, per_frame: int = 100) -> list[bytes]:

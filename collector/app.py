@@ -21,21 +21,21 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
 from collector import __version__
-from collector.auth import TokenSource, token_expiry
 from collector.backoff import full_jitter
+from collector.db.instruments import load_master
+from collector.db.jobs import Jobs, apply_retention_policy
+from collector.db.migrate import migrate
 from collector.exceptions import CollectorError
-from collector.feed import FeedConnection, FeedOptions, authorize_limiter
-from collector.instruments import load_master
-from collector.jobs import Jobs, apply_retention_policy
+from collector.feed.auth import TokenSource, token_expiry
+from collector.feed.connection import FeedConnection, FeedOptions, authorize_limiter
 from collector.market import MarketState
 from collector.metrics import Metrics
-from collector.migrate import migrate
 from collector.protocol import DEFAULT_LIMITS, shard_universe
 from collector.records import MODES, Mode
 from collector.settings import Settings
-from collector.spool import Spool
+from collector.sink.spool import Spool
+from collector.sink.writer import Writer
 from collector.universe import resolve_universe
-from collector.writer import Writer
 
 __all__ = ["apply_universe", "connect_with_retry", "run"]
 

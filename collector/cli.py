@@ -71,8 +71,8 @@ async def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> 
 
 
 async def _migrate(settings: Settings) -> None:
-    from collector.jobs import apply_retention_policy
-    from collector.migrate import migrate
+    from collector.db.jobs import apply_retention_policy
+    from collector.db.migrate import migrate
 
     conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
     try:
@@ -84,7 +84,7 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _sync(settings: Settings, source: str | None) -> None:
-    from collector.instruments import load_master
+    from collector.db.instruments import load_master
 
     conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
     try:

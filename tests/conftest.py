@@ -103,7 +103,7 @@ def database(tsdb: Server) -> Iterator[str]:
 @pytest.fixture
 def migrated(database: str) -> str:
     """DSN of a new database with every migration applied."""
-    from collector.migrate import migrate
+    from collector.db.migrate import migrate
 
     async def go() -> None:
         conn = await asyncpg.connect(database)

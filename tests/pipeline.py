@@ -9,8 +9,8 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from collector.metrics import Metrics
-from collector.spool import Spool
-from collector.writer import Writer
+from collector.sink.spool import Spool
+from collector.sink.writer import Writer
 
 
 def make_writer(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.auth import TokenSource, token_expiry
 from collector.exceptions import ConfigError
+from collector.feed.auth import TokenSource, token_expiry
 
 
 def jwt(claims: dict[str, object]) -> str:

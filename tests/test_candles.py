@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from collector.jobs import Jobs
+from collector.db.jobs import Jobs
 from collector.metrics import Metrics
 from collector.records import Frame, Tick
 from tests.helpers import sample, until

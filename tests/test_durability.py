@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from collector.app import run
 from collector.settings import load_settings
 from collector.simulator.server import Simulator
-from collector.spool import Spool
+from collector.sink.spool import Spool
 from tests.conftest import ROOT, Server
 from tests.helpers import sample, until
 

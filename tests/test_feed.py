@@ -12,9 +12,9 @@ import pytest
 import trustme
 from prometheus_client import CollectorRegistry
 
-from collector.auth import TokenSource
 from collector.backoff import RateLimiter
-from collector.feed import FeedConnection, FeedOptions
+from collector.feed.auth import TokenSource
+from collector.feed.connection import FeedConnection, FeedOptions
 from collector.market import MarketState
 from collector.metrics import Metrics
 from collector.protocol import Limits, Shard, shard_universe

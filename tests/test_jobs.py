@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from collector.jobs import Jobs, candles_mode
+from collector.db.jobs import Jobs, candles_mode
 from collector.metrics import Metrics
 from tests.helpers import sample
 

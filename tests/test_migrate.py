@@ -7,8 +7,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from collector.db.migrate import MIGRATIONS_DIR, migrate
 from collector.exceptions import MigrationError
-from collector.migrate import MIGRATIONS_DIR, migrate
 
 
 async def test_applies_once_and_is_idempotent(database: str) -> None:

@@ -19,9 +19,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from collector.batch import Batch
-from collector.jobs import Jobs
+from collector.db.jobs import Jobs
 from collector.metrics import Metrics
-from collector.store import BatchStore
+from collector.sink.store import BatchStore
 from tests.conftest import ROOT, Server
 from tests.grafana import expand
 from tests.helpers import sample

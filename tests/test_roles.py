@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 import pytest
 
-from collector.migrate import migrate
+from collector.db.migrate import migrate
 from tests.conftest import Server
 
 

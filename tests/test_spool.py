@@ -8,7 +8,7 @@ import pytest
 
 from collector.batch import Batch
 from collector.exceptions import SpoolFullError
-from collector.spool import Spool
+from collector.sink.spool import Spool
 from tests.test_sequencer import tick
 
 T = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.batch import Batch
 from collector.metrics import Metrics
-from collector.store import BatchStore
+from collector.sink.store import BatchStore
 from tests.helpers import sample
 from tests.test_writer import frames
 

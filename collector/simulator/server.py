@@ -34,7 +34,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from collector.auth import AUTHORIZE_PATH
+from collector.feed.auth import AUTHORIZE_PATH
 from collector.metrics import SEGMENTS
 from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.protocol import DEFAULT_LIMITS, Limits, segment_of

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from collector.auth import TokenSource, authorize, token_expiry
 from collector.backoff import RateLimiter, full_jitter
 from collector.decode import decode_frame
 from collector.exceptions import (
@@ -36,6 +35,7 @@ from collector.exceptions import (
     TokenRejected,
     classify_http_status,
 )
+from collector.feed.auth import TokenSource, authorize, token_expiry
 from collector.market import MarketState
 from collector.metrics import SEGMENTS, Metrics
 from collector.protocol import DEFAULT_LIMITS, Limits, Method, Shard, chunked, encode_request, segment_of

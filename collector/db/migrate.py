@@ -23,7 +23,8 @@ __all__ = ["MIGRATIONS_DIR", "Migration", "discover", "migrate"]
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# A link to the top-level migrations/ in a checkout, a copy in a wheel: one source of truth.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _LOCK_ID = 0x636F6C6C  # "coll": one lock id for all collectors of a database
 _NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 

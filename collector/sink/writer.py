@@ -35,8 +35,8 @@ from collector.market import MarketState
 from collector.metrics import Metrics
 from collector.records import Event, FeedSession, Frame, Gap
 from collector.sequencer import IST, TickSequencer
-from collector.spool import Spool
-from collector.store import BatchStore
+from collector.sink.spool import Spool
+from collector.sink.store import BatchStore
 
 __all__ = ["Writer"]
 

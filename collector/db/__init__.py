@@ -1,0 +1,1 @@
+"""The database: migrations, the instrument master, scheduled jobs."""
