@@ -1,10 +1,21 @@
-"""``collector run``: startup -> main loop -> shutdown.
+"""``collector run``: the supervisor. Startup → main loop → shutdown.
 
-Startup migrates (unless switched off), resolves the universe from the
-instrument master, shards it over the configured connections, and starts the
-writer, the feed connections, the scheduler and the metrics endpoint. The
-main loop waits for a stop request; shutdown stops the feed first, then lets
-the writer drain within ``shutdown_timeout_s`` (what is left goes to the spool).
+The collector is one supervisor process and, per connection, a feed process
+(socket → journal) and a writer process (journal → TimescaleDB), so decoding
+and storing use every core and reading a socket never waits on either.
+
+- **Startup** locks the journal folder (a second collector on it refuses),
+  serves ``/metrics``, waits for the database (a stop request ends the wait; a
+  URL that can never work exits at once), migrates, resolves the universe and
+  shards it within Upstox's limits, then starts the writers, the feeds and the
+  scheduled jobs.
+- **Main loop**: wait for a stop request; children that exit are restarted
+  with backoff; the supervisor authorizes their connection attempts (one token
+  and one REST limiter for the whole collector) and moves them to a new
+  universe after the daily instrument sync.
+- **Shutdown**, within ``shutdown_timeout_s`` whatever the database does: the
+  feeds stop reading, then the writers commit what the journals hold; what they
+  cannot commit in time stays in the journal for the next start.
 """
 
 from __future__ import annotations
@@ -12,251 +23,345 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import os
+import shutil
+import tempfile
+import time
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from collector import __version__
-from collector.backoff import full_jitter
+from collector.calendar import Calendar, parse_hours
+from collector.db.connect import connect, connect_until
 from collector.db.instruments import load_master
 from collector.db.jobs import Jobs, apply_retention_policy
 from collector.db.migrate import migrate
-from collector.exceptions import CollectorError
-from collector.feed.auth import TokenSource, token_expiry
-from collector.feed.connection import FeedConnection, FeedOptions, authorize_limiter
-from collector.market import MarketState
-from collector.metrics import Metrics
-from collector.protocol import DEFAULT_LIMITS, shard_universe
+from collector.exceptions import CollectorError, ConfigError, ConnectError
+from collector.feed.auth import Authorizer, TokenSource, rest_limiter, token_expiry
+from collector.feed.journal import lock_file
+from collector.feed.process import FeedSpec
+from collector.metrics import SEGMENTS, ControlMetrics, serve_metrics, serving_registry, use_multiprocess
+from collector.protocol import DEFAULT_LIMITS, Shard, plan_universe, segment_of, shard_universe
 from collector.records import MODES, Mode
 from collector.settings import Settings
-from collector.sink.spool import Spool
-from collector.sink.writer import Writer
+from collector.sink.process import SinkSpec
+from collector.supervisor import Child
 from collector.universe import resolve_universe
 
-__all__ = ["apply_universe", "connect_with_retry", "run"]
+__all__ = ["Collector", "run"]
 
 logger = logging.getLogger(__name__)
 
-
-async def connect_with_retry(
-    connect: Callable[[], Awaitable[asyncpg.Connection]], what: str
-) -> asyncpg.Connection:
-    """Connect, retrying with backoff: the database may start after us."""
-    delays = full_jitter(base_s=0.5, cap_s=10.0)
-    while True:
-        try:
-            return await connect()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            delay = next(delays)
-            logger.warning("%s: database not reachable (%s); retrying in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
+# Never handed to a child process through its environment.
+_SECRET_ENV = ("COLLECTOR_DATABASE_URL", "COLLECTOR_UPSTOX_TOKEN")
 
 
-async def _universe(conn: asyncpg.Connection, settings: Settings) -> dict[Mode, list[str]]:
-    rows: list[Any] = [dict(r) for r in await conn.fetch("SELECT * FROM instruments_current")]
-    if settings.universe and not rows:
-        logger.info("no instrument master stored yet; loading %s", settings.instruments_url)
-        rows = await load_master(conn, settings.instruments_url)
-    if not rows:
-        logger.warning("no instrument master: subscribing the configured keys unchecked")
-        return {m: sorted(set(k)) for m, k in settings.subscriptions.items() if k}
-    universe, _unknown = resolve_universe(rows, explicit=settings.subscriptions, filters=settings.universe)
-    return universe
-
-
-async def apply_universe(
-    feeds: list[FeedConnection], universe: dict[Mode, list[str]], metrics: Metrics
-) -> dict[Mode, list[str]]:
-    """Move running connections to a new universe without reconnecting.
-
-    Keys that left are unsubscribed, keys whose mode changed get change_mode,
-    new keys go to the least loaded connection with room for them. Used after
-    the daily instrument sync, when contracts roll (near-month futures, new
-    expiries). Returns the keys that fit nowhere.
-    """
-    wanted: dict[str, Mode] = {}
-    for mode in ("full_d30", "full", "option_greeks", "ltpc"):
-        for key in universe.get(mode, []):
-            wanted.setdefault(key, mode)
-    for feed in feeds:
-        current = {k: m for m, keys in feed.shard.keys.items() for k in keys}
-        gone = [k for k in current if k not in wanted]
-        if gone:
-            await feed.unsubscribe(gone)
-        for mode in MODES:
-            moved = [k for k, m in current.items() if wanted.get(k) == mode and m != mode]
-            if moved:
-                try:
-                    await feed.change_mode(mode, moved)
-                except ValueError:
-                    await feed.unsubscribe(moved)  # placed again below
-    placed = {k for f in feeds for keys in f.shard.keys.values() for k in keys}
-    rejected: dict[Mode, list[str]] = {}
-    for mode in MODES:
-        todo = [k for k, m in wanted.items() if m == mode and k not in placed]
-        for feed in sorted(feeds, key=lambda f: f.shard.size):
-            n = min(feed.room(mode), len(todo))
-            if n:
-                await feed.subscribe(mode, todo[:n])
-                todo = todo[n:]
-        if todo:
-            rejected[mode] = todo
-    for mode in MODES:
-        metrics.universe.labels(mode).set(len(universe.get(mode, [])))
-        metrics.sub_rejected.labels(mode).set(len(rejected.get(mode, [])))
-    logger.info(
-        "universe applied: %d keys, %d fit no connection", len(wanted), sum(len(v) for v in rejected.values())
-    )
-    return rejected
-
-
-async def run(
-    settings: Settings,
-    *,
-    stop: asyncio.Event,
-    registry: CollectorRegistry | None = None,
-    serve_metrics: bool = True,
-) -> None:
+async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     """Run the collector until ``stop`` is set."""
-    registry = registry or CollectorRegistry()
-    metrics = Metrics(registry, connections=settings.connections, version=__version__)
-    dsn = settings.database_url.get_secret_value()
+    await Collector(settings, stop).run()
 
-    async def connect() -> asyncpg.Connection:
-        return await asyncpg.connect(dsn, command_timeout=120, timeout=10)
 
-    metrics_server = None
-    if serve_metrics:
-        metrics_server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
-        logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+class Collector:
+    """The supervisor of one collector: its children, jobs and metrics."""
 
-    # -- startup --
-    conn = await connect_with_retry(connect, "startup")
-    try:
-        if settings.migrate_on_start:
-            await migrate(conn)
-            await apply_retention_policy(conn, settings.retention_days)
-        universe = await _universe(conn, settings)
-    finally:
-        await conn.close()
-    shards, rejected = shard_universe(universe, settings.connections, DEFAULT_LIMITS)
-    for mode in MODES:
-        metrics.universe.labels(mode).set(len(universe.get(mode, [])))
-        metrics.sub_rejected.labels(mode).set(len(rejected.get(mode, [])))
-        metrics.limit.labels(mode, "alone").set(DEFAULT_LIMITS.alone[mode])
-        metrics.limit.labels(mode, "mixed").set(DEFAULT_LIMITS.mixed[mode])
-    if rejected:
-        logger.error(
-            "%d keys fit no connection within Upstox's limits and are not subscribed",
-            sum(len(v) for v in rejected.values()),
+    def __init__(self, settings: Settings, stop: asyncio.Event) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.dsn = settings.database_url.get_secret_value()
+        self.shards: dict[int, Shard] = {}
+        self.feeds: dict[int, Child] = {}
+        self.sinks: dict[int, Child] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.calendar = Calendar(parse_hours(settings.market_hours))
+        self._since: dict[int, datetime] = {}
+        self.metrics: ControlMetrics
+        self.metrics_dir: Path
+        self.metrics_port = settings.metrics_port
+
+    async def run(self) -> None:
+        async with AsyncExitStack() as stack:
+            if not await self.startup(stack):
+                return
+            await self.main_loop()
+            await self.shutdown()
+
+    # -- startup ----------------------------------------------------------------------
+
+    async def startup(self, stack: AsyncExitStack) -> bool:
+        """Everything before streaming; False when a stop request came first."""
+        s = self.settings
+        root = s.journal_dir
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError("COLLECTOR_JOURNAL_DIR", f"{root} is not usable: {exc.strerror}") from None
+        lock = lock_file(root / "collector.lock", "journal folder")
+        stack.callback(os.close, lock)
+
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix="collector-metrics-"))
+        stack.callback(shutil.rmtree, self.metrics_dir, True)
+        use_multiprocess(self.metrics_dir, clean=True)
+        self.metrics = ControlMetrics(CollectorRegistry(), connections=s.connections, version=__version__)
+        server = serve_metrics(serving_registry(self.metrics_dir), s.metrics_host, s.metrics_port)
+        stack.callback(server.server_close)
+        stack.callback(server.shutdown)
+        self.metrics_port = server.server_port
+        logger.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
+
+        conn = await connect_until(self.dsn, self.stop, "startup", timeout=10, command_timeout=300)
+        if conn is None:
+            logger.info("stopped before the database could be reached")
+            return False
+        try:
+            if s.migrate_on_start:
+                await migrate(conn)
+                await apply_retention_policy(conn, s.retention_days)
+            universe = await self._universe(conn)
+            for row in await conn.fetch(
+                "SELECT connection, max(disconnected_at) AS at FROM feed_sessions GROUP BY 1"
+            ):
+                self._since[row["connection"]] = row["at"]
+        finally:
+            await conn.close()
+
+        if not (s.subscriptions or s.universe):
+            raise ConfigError(
+                "COLLECTOR_UNIVERSE",
+                "nothing to subscribe: set COLLECTOR_SUBSCRIPTIONS or COLLECTOR_UNIVERSE",
+            )
+        shards, rejected = shard_universe(universe, s.connections, DEFAULT_LIMITS)
+        self.shards = {shard.shard_id: shard for shard in shards}
+        self._publish_universe(universe, rejected)
+        if not shards:
+            logger.error("the universe resolved to no instrument keys; waiting for the next instrument sync")
+
+        tokens = TokenSource(
+            token=s.upstox_token.get_secret_value() if s.upstox_token else None,
+            token_file=s.upstox_token_file,
         )
-    if not shards:
-        logger.error("the universe is empty: set COLLECTOR_SUBSCRIPTIONS or COLLECTOR_UNIVERSE")
-    market = MarketState()
-    spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
-    writer = Writer(
-        connect=connect,
-        metrics=metrics,
-        spool=spool,
-        market=market,
-        queue_max_frames=settings.queue_max_frames,
-        max_batch_rows=settings.max_batch_rows,
-        flush_interval_s=settings.flush_interval_s,
-        max_pending_rows=settings.max_pending_rows,
-        spill_after_s=settings.spill_after_s,
-    )
-    await writer.seed()
-    tokens = TokenSource(
-        token=settings.upstox_token.get_secret_value() if settings.upstox_token else None,
-        token_file=settings.upstox_token_file,
-    )
-    options = FeedOptions(
-        chunk_size=settings.chunk_size,
-        ping_interval_s=settings.ping_interval_s,
-        ping_timeout_s=settings.ping_timeout_s,
-        stall_timeout_s=settings.stall_timeout_s,
-        backoff_base_s=settings.backoff_base_s,
-        backoff_cap_s=settings.backoff_cap_s,
-    )
-    limiter = authorize_limiter()
-    feeds = [
-        FeedConnection(
-            shard,
-            api_url=settings.upstox_api_url,
-            tokens=tokens,
-            deliver=writer.deliver,
-            market=market,
-            metrics=metrics,
-            limiter=limiter,
-            options=options,
+        self.tokens = tokens
+        self.rest = rest_limiter()
+        self.authorizer = Authorizer(
+            s.upstox_api_url,
+            tokens,
+            self.rest,
+            on_call=self.metrics.rest_requests.labels("authorize").inc,
+            on_token=lambda token: self.metrics.token_expiry.set(token_expiry(token) or 0),
         )
-        for shard in shards
-    ]
-    jobs = Jobs(
-        connect=connect,
-        metrics=metrics,
-        late_data=writer.take_oldest_committed,
-        retention_days=settings.retention_days,
-    )
+        journals = {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+        for connection in sorted(journals | set(self.shards)):
+            self._start_sink(connection)
+        for connection in sorted(self.shards):
+            self._start_feed(connection)
+        self._schedule(stack)
+        logger.info(
+            "collector running: %d connections, %d keys",
+            len(self.feeds), sum(shard.size for shard in self.shards.values()),
+        )  # fmt: skip
+        return True
 
-    async def sync() -> bool:
-        async def work(c: asyncpg.Connection) -> None:
-            await load_master(c, settings.instruments_url)
-            # Contracts roll: re-resolve the universe from today's master and apply it.
-            await apply_universe(feeds, await _universe(c, settings), metrics)
+    async def _universe(self, conn: asyncpg.Connection) -> dict[Mode, list[str]]:
+        s = self.settings
+        rows: list[Any] = [dict(r) for r in await conn.fetch("SELECT * FROM instruments_current")]
+        if s.universe and not rows:
+            logger.info("no instrument master stored yet; loading %s", s.instruments_url)
+            rows = await load_master(conn, s.instruments_url)
+        if not rows:
+            logger.warning("no instrument master: subscribing the configured keys unchecked")
+            return {m: sorted(set(k)) for m, k in s.subscriptions.items() if k}
+        universe, _unknown = resolve_universe(rows, explicit=s.subscriptions, filters=s.universe)
+        return universe
 
-        return await jobs.run("instrument_sync", work)
+    def _publish_universe(self, universe: dict[Mode, list[str]], rejected: dict[Mode, list[str]]) -> None:
+        m = self.metrics
+        for mode in MODES:
+            m.universe.labels(mode).set(len(universe.get(mode, [])))
+            m.sub_rejected.labels(mode).set(len(rejected.get(mode, [])))
+            m.limit.labels(mode, "alone").set(DEFAULT_LIMITS.alone[mode])
+            m.limit.labels(mode, "mixed").set(DEFAULT_LIMITS.mixed[mode])
+        for connection in range(self.settings.connections):
+            shard = self.shards.get(connection, Shard(connection, {}))
+            per_segment = dict.fromkeys(SEGMENTS, 0)
+            for keys in shard.keys.values():
+                for key in keys:
+                    per_segment[segment_of(key)] = per_segment.get(segment_of(key), 0) + 1
+            for segment in SEGMENTS:
+                m.segment_keys.labels(str(connection), segment).set(per_segment[segment])
+            for mode in MODES:
+                m.sub_requested.labels(str(connection), mode).set(len(shard.keys.get(mode, [])))
+        if rejected:
+            logger.error(
+                "%d keys fit no connection within Upstox's limits and are not subscribed",
+                sum(len(v) for v in rejected.values()),
+            )
 
-    def publish_token_expiry() -> None:
-        # Read again every minute: a rotated token file changes the expiry while
-        # the socket stays up on the old one.
-        with contextlib.suppress(CollectorError):
-            metrics.token_expiry.set(token_expiry(tokens.read()) or 0)
+    # -- children ---------------------------------------------------------------------
 
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    scheduler.add_job(publish_token_expiry, "interval", seconds=60, next_run_time=datetime.now(UTC))
-    jobs.schedule(
-        scheduler,
-        refresh_interval_s=settings.candle_refresh_interval_s,
-        sync=sync if settings.universe else None,
-        sync_time=settings.instrument_sync_time,
-    )
+    def _child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        return env
 
-    # -- main loop --
-    writer_task = asyncio.create_task(writer.run(), name="writer")
-    feed_tasks = [asyncio.create_task(f.run(), name=f"feed-{f.id}") for f in feeds]
-    scheduler.start()
-    logger.info("collector running: %d connections, %d keys", len(feeds), sum(s.size for s in shards))
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait([stopper, writer_task, *feed_tasks], return_when=asyncio.FIRST_COMPLETED)
+    def _journal(self, connection: int) -> Path:
+        return self.settings.journal_dir / str(connection)
 
-    # -- shutdown --
-    logger.info("shutting down")
-    scheduler.shutdown(wait=False)
-    for task in feed_tasks:
-        task.cancel()
-    await asyncio.gather(*feed_tasks, return_exceptions=True)
-    writer_task.cancel()
-    writer_error: BaseException | None = None
-    try:
-        await writer_task
-    except asyncio.CancelledError:
-        pass
-    except Exception as exc:  # drain what was accepted first, then report it
-        logger.exception("writer failed")
-        writer_error = exc
-    stopper.cancel()
-    complete = await writer.drain(settings.shutdown_timeout_s)
-    if not complete:
-        logger.warning("shutdown: %d rows left in the spool for the next start", spool.rows)
-    await jobs.refresh_candles()
-    spool.close()
-    if metrics_server is not None:
-        metrics_server.shutdown()
-        metrics_server.server_close()
-    if writer_error is not None:
-        raise writer_error
+    def _start_feed(self, connection: int) -> None:
+        s = self.settings
+
+        def spec() -> dict[str, Any]:
+            since = self._since.get(connection)
+            shard = self.shards.get(connection, Shard(connection, {}))
+            feed = FeedSpec(
+                connection=connection,
+                keys={m: list(k) for m, k in shard.keys.items()},
+                journal_dir=str(self._journal(connection)),
+                options={
+                    "chunk_size": s.chunk_size,
+                    "ping_interval_s": s.ping_interval_s,
+                    "ping_timeout_s": s.ping_timeout_s,
+                    "stall_timeout_s": s.stall_timeout_s,
+                    "backoff_base_s": s.backoff_base_s,
+                    "backoff_cap_s": s.backoff_cap_s,
+                    "journal_max_bytes": s.journal_max_bytes,
+                },
+                fsync=s.journal_fsync,
+                fsync_interval_s=s.journal_fsync_interval_s,
+                segment_bytes=s.journal_segment_bytes,
+                calendar=self.calendar.to_json(),
+                since=since.isoformat() if since else None,
+                log_level=s.log_level,
+                metrics_dir=str(self.metrics_dir),
+            )
+            return {"feed": feed.to_json(), "log_level": s.log_level, "metrics_dir": str(self.metrics_dir)}
+
+        child = Child(
+            "feed", connection, module="collector.feed.process", spec=spec, env=self._child_env(),
+            metrics=self.metrics, metrics_dir=self.metrics_dir, on_message=self._on_feed_message,
+        )  # fmt: skip
+        self.feeds[connection] = child
+        self._tasks.append(asyncio.create_task(child.run(), name=f"supervise {child.name}"))
+
+    def _start_sink(self, connection: int) -> None:
+        s = self.settings
+
+        def spec() -> dict[str, Any]:
+            sink = SinkSpec(
+                connection=connection,
+                journal_dir=str(self._journal(connection)),
+                max_batch_rows=s.max_batch_rows,
+                flush_interval_s=s.flush_interval_s,
+                log_level=s.log_level,
+                metrics_dir=str(self.metrics_dir),
+            )
+            return {
+                "sink": sink.to_json(), "database_url": self.dsn,
+                "log_level": s.log_level, "metrics_dir": str(self.metrics_dir),
+            }  # fmt: skip
+
+        child = Child(
+            "sink", connection, module="collector.sink.process", spec=spec, env=self._child_env(),
+            metrics=self.metrics, metrics_dir=self.metrics_dir,
+        )  # fmt: skip
+        self.sinks[connection] = child
+        self._tasks.append(asyncio.create_task(child.run(), name=f"supervise {child.name}"))
+
+    async def _on_feed_message(self, child: Child, message: dict[str, Any]) -> None:
+        if message.get("op") != "authorize":
+            return
+        try:
+            uri = await self.authorizer()
+        except ConnectError as exc:
+            await child.send({
+                "op": "authorize_failed", "reason": exc.reason, "message": str(exc),
+                "retry_after_s": exc.retry_after_s,
+            })  # fmt: skip
+            return
+        await child.send({"op": "authorized", "uri": uri})
+
+    async def apply_universe(self, universe: dict[Mode, list[str]]) -> dict[Mode, list[str]]:
+        """Move the connections to a new universe without reconnecting them."""
+        current = list(self.shards.values())
+        shards, rejected = plan_universe(current, universe, self.settings.connections, DEFAULT_LIMITS)
+        for shard in shards:
+            old = self.shards.get(shard.shard_id)
+            if old is not None and old.keys == shard.keys:
+                continue
+            if not shard.size and old is None:
+                continue
+            self.shards[shard.shard_id] = shard
+            if shard.shard_id in self.feeds:
+                await self.feeds[shard.shard_id].send({"op": "keys", "keys": shard.keys})
+            else:
+                if shard.shard_id not in self.sinks:
+                    self._start_sink(shard.shard_id)
+                self._start_feed(shard.shard_id)
+        self._publish_universe(universe, rejected)
+        logger.info(
+            "universe applied: %d keys, %d fit no connection",
+            sum(len(v) for v in universe.values()), sum(len(v) for v in rejected.values()),
+        )  # fmt: skip
+        return rejected
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def _schedule(self, stack: AsyncExitStack) -> None:
+        s = self.settings
+
+        async def connect_db() -> asyncpg.Connection:
+            return await connect(self.dsn, timeout=10, command_timeout=600)
+
+        self.jobs = Jobs(connect=connect_db, metrics=self.metrics, retention_days=s.retention_days)
+
+        async def sync() -> bool:
+            async def work(conn: asyncpg.Connection) -> None:
+                await load_master(conn, s.instruments_url)
+                # Contracts roll: re-resolve the universe from today's master and apply it.
+                await self.apply_universe(await self._universe(conn))
+
+            return await self.jobs.run("instrument_sync", work)
+
+        def publish_token_expiry() -> None:
+            # Read again every minute: a rotated token file changes the expiry.
+            with contextlib.suppress(CollectorError):
+                self.metrics.token_expiry.set(token_expiry(self.tokens.read()) or 0)
+
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(publish_token_expiry, "interval", seconds=60, next_run_time=datetime.now(UTC))
+        self.jobs.schedule(
+            scheduler,
+            refresh_interval_s=s.candle_refresh_interval_s,
+            sync=sync if s.universe else None,
+            sync_time=s.instrument_sync_time,
+        )
+        scheduler.start()
+        stack.callback(scheduler.shutdown, False)
+
+    # -- main loop and shutdown -------------------------------------------------------
+
+    async def main_loop(self) -> None:
+        await self.stop.wait()
+
+    async def shutdown(self) -> None:
+        """Stop reading, then commit what the journals hold, all within the timeout."""
+        budget = self.settings.shutdown_timeout_s
+        deadline = time.monotonic() + budget
+        logger.info("shutting down (within %.0fs)", budget)
+        await asyncio.gather(*(c.stop(min(3.0, budget / 3)) for c in self.feeds.values()))
+        remaining = max(deadline - time.monotonic() - 0.5, 1.0)
+        drained = await asyncio.gather(*(c.stop(remaining, op="drain") for c in self.sinks.values()))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not all(drained):
+            logger.warning("shutdown: the journals keep what was not committed; the next start stores it")
+        else:
+            logger.info("shutdown complete: everything read is committed")

@@ -8,12 +8,13 @@ tests run in milliseconds.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-__all__ = ["RateLimiter", "full_jitter"]
+__all__ = ["RateLimiter", "acquire", "full_jitter"]
 
 
 def full_jitter(
@@ -36,12 +37,12 @@ class RateLimiter:
 
     def __init__(self, windows: list[tuple[int, float]], clock: Callable[[], float] = time.monotonic) -> None:
         self._windows = windows
-        self._clock = clock
+        self.clock = clock
         self._events: deque[float] = deque()
         self._horizon = max(w for _, w in windows)
 
     def wait_s(self) -> float:
-        now = self._clock()
+        now = self.clock()
         while self._events and self._events[0] <= now - self._horizon:
             self._events.popleft()
         wait = 0.0
@@ -52,4 +53,19 @@ class RateLimiter:
         return wait
 
     def record(self) -> None:
-        self._events.append(self._clock())
+        self._events.append(self.clock())
+
+
+async def acquire(*limiters: RateLimiter) -> None:
+    """Wait until every limiter allows one more event, then record it in each.
+
+    Checking and recording happen with no await in between, so concurrent
+    callers in one event loop never overshoot a limit together.
+    """
+    while True:
+        wait = max(limiter.wait_s() for limiter in limiters)
+        if wait <= 0:
+            for limiter in limiters:
+                limiter.record()
+            return
+        await asyncio.sleep(wait)

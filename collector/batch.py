@@ -13,7 +13,6 @@ current I1/I30 bar); within a batch only the latest version of each
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,15 +23,23 @@ __all__ = ["Batch", "Batcher"]
 
 @dataclass(slots=True)
 class Batch:
-    """A unit written in one transaction, identified by ``batch_id`` in the ledger."""
+    """A unit written in one transaction: the rows read from ``journal`` between
+    positions ``start`` and ``end``, and the sequencer ``state`` at ``end``."""
 
-    batch_id: uuid.UUID
     ticks: list[Tick] = field(default_factory=list)
     bars: list[Bar] = field(default_factory=list)
     statuses: list[StatusChange] = field(default_factory=list)
     sessions: list[FeedSession] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
+    # (table, reason, row as JSON): input that can never be stored as rows,
+    # e.g. an undecodable frame, kept in dead_letters instead of dropped.
+    rejects: list[tuple[str, str, str]] = field(default_factory=list)
     opened_at: float = 0.0  # caller's monotonic clock
+    journal: str = ""
+    start: int = 0
+    end: int = 0
+    state: bytes = b""
+    first_received_ns: int = 0  # receive time of the first record in it
 
     @property
     def rows(self) -> int:
@@ -54,12 +61,13 @@ class Batcher:
         self._statuses: list[StatusChange] = []
         self._sessions: list[FeedSession] = []
         self._gaps: list[Gap] = []
+        self._rejects: list[tuple[str, str, str]] = []
         self._opened_at: float | None = None
 
     def __len__(self) -> int:
         return (
             len(self._ticks) + len(self._bars) + len(self._statuses)
-            + len(self._sessions) + len(self._gaps)
+            + len(self._sessions) + len(self._gaps) + len(self._rejects)
         )  # fmt: skip
 
     def add(
@@ -70,9 +78,10 @@ class Batcher:
         statuses: Sequence[StatusChange] = (),
         sessions: Sequence[FeedSession] = (),
         gaps: Sequence[Gap] = (),
+        rejects: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         """Add records received at monotonic time ``now``."""
-        if not (ticks or bars or statuses or sessions or gaps):
+        if not (ticks or bars or statuses or sessions or gaps or rejects):
             return
         if self._opened_at is None:
             self._opened_at = now
@@ -82,6 +91,7 @@ class Batcher:
         self._statuses.extend(statuses)
         self._sessions.extend(sessions)
         self._gaps.extend(gaps)
+        self._rejects.extend(rejects)
 
     @property
     def tick_rows(self) -> int:
@@ -112,12 +122,12 @@ class Batcher:
         if self._opened_at is None:
             return None
         batch = Batch(
-            batch_id=uuid.uuid4(),
             ticks=self._ticks,
             bars=list(self._bars.values()),
             statuses=self._statuses,
             sessions=self._sessions,
             gaps=self._gaps,
+            rejects=self._rejects,
             opened_at=self._opened_at,
         )
         self._ticks = []
@@ -125,5 +135,6 @@ class Batcher:
         self._statuses = []
         self._sessions = []
         self._gaps = []
+        self._rejects = []
         self._opened_at = None
         return batch

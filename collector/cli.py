@@ -71,10 +71,11 @@ async def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> 
 
 
 async def _migrate(settings: Settings) -> None:
+    from collector.db.connect import connect
     from collector.db.jobs import apply_retention_policy
     from collector.db.migrate import migrate
 
-    conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    conn = await connect(settings.database_url.get_secret_value(), timeout=10)
     try:
         applied = await migrate(conn)
         await apply_retention_policy(conn, settings.retention_days)
@@ -84,9 +85,10 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _sync(settings: Settings, source: str | None) -> None:
+    from collector.db.connect import connect
     from collector.db.instruments import load_master
 
-    conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    conn = await connect(settings.database_url.get_secret_value(), timeout=10)
     try:
         rows = await load_master(conn, source or settings.instruments_url)
     finally:

@@ -4,6 +4,7 @@
 
     CollectorError
     ├── ConfigError                 a setting is wrong; exit with one clear line
+    │   └── JournalLockedError      another process holds the journal folder
     ├── DecodeError (ValueError)    a frame could not be decoded; counted, skipped
     ├── MigrationError              a migration failed or an applied file changed
     ├── ConnectError                one feed connection attempt failed
@@ -13,7 +14,8 @@
     │   ├── FeedNetworkError        DNS, TCP, timeouts, 5xx, closed sockets
     │   ├── FeedTLSError            certificate verification or handshake failure
     │   └── FeedProtocolError       the server broke the protocol
-    └── SpoolFullError              the disk spool reached its bound
+    ├── JournalWriteError (OSError) the journal's disk refused an append
+    └── PositionConflict            a journal's committed position moved under us
 
 ``ConnectError.reason`` is the fixed label used in metrics ("401", "403",
 "429", "network", "tls", "protocol"). No exception carries a token.
@@ -93,8 +95,25 @@ class FeedProtocolError(ConnectError):
     reason = "protocol"
 
 
-class SpoolFullError(CollectorError):
-    """The disk spool is at its size bound and cannot take more rows."""
+class JournalLockedError(ConfigError):
+    """Another process has the journal folder: two writers would corrupt it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("COLLECTOR_JOURNAL_DIR", message)
+
+
+class JournalWriteError(CollectorError, OSError):
+    """The disk refused a journal append (full, read-only, failing)."""
+
+
+class PositionConflict(CollectorError):
+    """The committed journal position is not where this writer left it.
+
+    Another writer committed in between (it should not exist: the sink holds a
+    lock), or a commit whose outcome was unknown did happen. Either way the
+    writer reloads the position and state from the database and goes on from
+    there, so nothing is stored twice.
+    """
 
 
 def classify_http_status(status: int, what: str, retry_after: str | None = None) -> ConnectError:

@@ -1,5 +1,16 @@
 """Every Prometheus metric the collector exports, against an injected registry.
 
+The collector is several processes (a supervisor, and a feed and a writer
+process per connection), served as one ``/metrics`` by the supervisor through
+prometheus_client's multiprocess mode (:func:`use_multiprocess`): each process
+writes its values to memory-mapped files in one folder, the supervisor merges
+them at scrape time. We use it rather than shipping samples between processes
+ourselves because it is the library's own mechanism, costs no messages, and a
+counter survives the crash of the process that incremented it (its file
+stays). Each process creates only the series it owns (:class:`FeedMetrics`,
+:class:`SinkMetrics`, :class:`ControlMetrics`); every gauge says how values of
+several processes combine (``multiprocess_mode``).
+
 Labels take values only from fixed sets: connection ids (0..connections-1),
 modes, tick kinds, segments, tables, reason classes, job names. Never an
 instrument key, a price or error text. Every known label combination is
@@ -8,14 +19,27 @@ created at start-up so that series exist at 0 before anything happens.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
 from collector.exceptions import CONNECT_REASONS
 from collector.records import MODES, TICK_KINDS
 
-__all__ = ["LATENCY_BUCKETS_S", "SEGMENTS", "Metrics"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "SEGMENTS",
+    "ControlMetrics",
+    "FeedMetrics",
+    "SinkMetrics",
+    "serve_metrics",
+    "serving_registry",
+    "use_multiprocess",
+]
 
 PREFIX = "collector"
 SEGMENTS = (
@@ -26,139 +50,167 @@ MARKET_STATUSES = (
     "PRE_OPEN_START", "PRE_OPEN_END", "NORMAL_OPEN", "NORMAL_CLOSE", "CLOSING_START", "CLOSING_END",
 )  # fmt: skip
 TABLES = ("ticks", "exchange_bars", "market_status", "feed_sessions", "feed_gaps")
-JOBS = ("instrument_sync", "candle_refresh", "retention")
-# One bucket sits exactly at each alert threshold (1 s and 5 s; see prometheus/rules).
-LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+JOBS = ("instrument_sync", "candle_refresh", "retention", "backfill")
+PROCESSES = ("feed", "sink")
+# One bucket sits exactly at each alert threshold and issue target (0.25 s, 1 s, 5 s).
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 COPY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000)
 
+Mode = Literal["livemax", "livemin", "livesum", "max", "mostrecent", "livemostrecent"]
+_MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-class Metrics:
-    """The collector's metrics; one instance per process (or per test)."""
 
-    def __init__(self, registry: CollectorRegistry, *, connections: int = 2, version: str = "0") -> None:
-        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
-            return Counter(f"{PREFIX}_{name}", doc, list(labels), registry=registry)
+def use_multiprocess(directory: Path, *, clean: bool = False) -> None:
+    """Make this process write its metrics to ``directory`` (before creating any).
 
-        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
-            return Gauge(f"{PREFIX}_{name}", doc, list(labels), registry=registry)
+    ``clean`` empties the folder first: the supervisor does so at start-up, so
+    no file of an earlier run is counted.
+    """
+    if clean and directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[_MULTIPROCESS_ENV] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # untyped library
 
-        conn = ("connection",)
-        # Connections
-        self.connected = gauge("feed_connected", "1 while the connection is subscribed and reading", conn)
-        self.connect_attempts = counter("feed_connect_attempts_total", "Connection attempts", conn)
-        self.connect_failures = counter(
-            "feed_connect_failures_total", "Failed connection attempts by reason class", (*conn, "reason")
+
+def serving_registry(directory: Path) -> CollectorRegistry:
+    """The registry ``/metrics`` serves: every process's files, merged."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return registry
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Any:
+    """Serve ``registry`` at ``http://host:port/metrics`` from a thread; nothing else is served.
+
+    Returns the server (``server_port``, ``shutdown()``, ``server_close()``).
+    A port in use or an unusable host is a ConfigError naming the setting.
+    """
+    import socket
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    from collector.exceptions import ConfigError
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"only /metrics is served here\n"]
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b""]
+        return metrics_app(environ, start_response)
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    try:
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=Quiet)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            "COLLECTOR_METRICS_HOST", f"{host!r} is not an address here ({exc.strerror})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            "COLLECTOR_METRICS_PORT", f"cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+def mark_dead(pid: int, directory: Path) -> None:
+    """Drop the live gauges of a process that exited (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
+class _Factory:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+        return Counter(f"{PREFIX}_{name}", doc, list(labels), registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: Iterable[str] = (), *, mode: Mode) -> Gauge:
+        return Gauge(f"{PREFIX}_{name}", doc, list(labels), registry=self.registry, multiprocess_mode=mode)
+
+    def histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(f"{PREFIX}_{name}", doc, buckets=buckets, registry=self.registry)
+
+
+_CONN = ("connection",)
+
+
+def _connected(f: _Factory) -> Gauge:
+    # The supervisor holds 0 for every connection; a live feed process sets 1
+    # while subscribed. A dead feed process's value goes with it (livemax).
+    return f.gauge(
+        "feed_connected", "1 while the connection is subscribed and reading", _CONN, mode="livemax"
+    )
+
+
+def _active(f: _Factory) -> Gauge:
+    return f.gauge(
+        "subscription_active_keys", "Keys subscribed on a live connection", (*_CONN, "mode"), mode="livemax"
+    )
+
+
+class FeedMetrics:
+    """What a feed process (one connection: socket and journal) exports."""
+
+    def __init__(self, registry: CollectorRegistry, *, connection: int = 0) -> None:
+        f = _Factory(registry)
+        c = str(connection)
+        self.connected = _connected(f)
+        self.connect_attempts = f.counter("feed_connect_attempts_total", "Connection attempts", _CONN)
+        self.connect_failures = f.counter(
+            "feed_connect_failures_total", "Failed connection attempts by reason class", (*_CONN, "reason")
         )
-        self.reconnects = counter("feed_reconnects_total", "Connections lost after being established", conn)
-        self.last_frame = gauge(
-            "feed_last_frame_timestamp_seconds", "Unix time of the last frame received", conn
+        self.reconnects = f.counter(
+            "feed_reconnects_total", "Connections lost after being established", _CONN
         )
-        self.pings = counter("feed_liveness_pings_total", "Pings sent to a silent socket", conn)
-        self.pongs = counter("feed_liveness_pongs_total", "Pongs received for those pings", conn)
-        # Subscriptions
-        self.sub_requested = gauge(
-            "subscription_requested_keys", "Keys requested per connection and mode", (*conn, "mode")
+        self.last_frame = f.gauge(
+            "feed_last_frame_timestamp_seconds", "Unix time of the last frame received", _CONN, mode="max"
         )
-        self.sub_active = gauge(
-            "subscription_active_keys", "Keys subscribed on a live connection", (*conn, "mode")
+        self.pings = f.counter("feed_liveness_pings_total", "Pings sent to a silent socket", _CONN)
+        self.pongs = f.counter("feed_liveness_pongs_total", "Pongs received for those pings", _CONN)
+        self.sub_active = _active(f)
+        self.frames = f.counter("frames_received_total", "Frames received, by frame type", (*_CONN, "kind"))
+        self.bytes = f.counter("received_bytes_total", "Bytes of frames received", _CONN)
+        self.text_messages = f.counter("text_messages_total", "Text frames from the server", _CONN)
+        self.market_open = f.gauge(
+            "market_open", "1 while the segment's market is open", ("segment",), mode="mostrecent"
         )
-        self.sub_rejected = gauge(
-            "subscription_rejected_keys", "Keys of the universe that fit no connection", ("mode",)
+        self.market_status = f.gauge(
+            "market_status", "1 for the segment's current status", ("segment", "status"), mode="mostrecent"
         )
-        self.segment_keys = gauge(
-            "feed_segment_keys", "Keys a connection carries per exchange segment", (*conn, "segment")
-        )
-        self.universe = gauge("universe_keys", "Keys in the configured universe", ("mode",))
-        self.limit = gauge("subscription_limit_keys", "Upstox key limit per connection", ("mode", "scope"))
-        # Market
-        self.market_open = gauge("market_open", "1 while the segment's market is open", ("segment",))
-        self.market_status = gauge(
-            "market_status", "1 for the segment's current status", ("segment", "status")
-        )
-        # Pipeline
-        self.frames = counter("frames_received_total", "Binary frames received", (*conn, "kind"))
-        self.bytes = counter("received_bytes_total", "Bytes of frames received", conn)
-        self.ticks = counter("ticks_decoded_total", "Ticks decoded by payload kind", ("kind",))
-        self.decode_errors = counter("decode_errors_total", "Frames that failed to decode", conn)
-        self.text_messages = counter("text_messages_total", "Text frames from the server", conn)
-        self.queue_depth = gauge("queue_depth_frames", "Frames waiting between reader and writer")
-        self.pending_rows = gauge("pending_rows", "Rows accepted and held in memory, not yet committed")
-        self.batches = counter("batches_written_total", "Batches committed")
-        self.rows = counter("rows_written_total", "Rows committed by table", ("table",))
-        self.batch_rows = Histogram(
-            f"{PREFIX}_batch_rows", "Ticks per committed batch", buckets=BATCH_BUCKETS, registry=registry
-        )
-        self.copy_seconds = Histogram(
-            f"{PREFIX}_copy_duration_seconds", "Time to write and commit one batch",
-            buckets=COPY_BUCKETS_S, registry=registry,
+        self.journal_full = f.gauge(
+            "journal_full", "1 while reading is stopped: the journal is at its size bound or unwritable",
+            _CONN, mode="livemax",
         )  # fmt: skip
-        self.write_failures = counter("write_failures_total", "Failed batch writes", ("kind",))
-        self.database_up = gauge("database_up", "1 while the writer can reach the database")
-        self.dead_letters = counter("dead_letter_rows_total", "Rows the database rejected for good")
-        self.spool_bytes = gauge("spool_bytes", "Bytes in the disk spool")
-        self.spool_rows = gauge("spool_rows", "Rows in the disk spool")
-        self.replayed = counter("replayed_rows_total", "Rows written from the disk spool")
-        self.duplicates = counter(
-            "duplicates_suppressed_total", "Repeats dropped: snapshot ticks or batches", ("kind",)
+        self.journal_write_errors = f.counter(
+            "journal_write_errors_total", "Journal appends the disk refused", _CONN
         )
-        # Latency
-        self.exchange_latency = Histogram(
-            f"{PREFIX}_exchange_to_receive_seconds", "Server send time to receive time",
-            buckets=LATENCY_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.commit_latency = Histogram(
-            f"{PREFIX}_receive_to_commit_seconds", "Receive time to database commit",
-            buckets=LATENCY_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        # Jobs
-        # "task", not "job": Prometheus' own job label would clash on scrape.
-        self.job_runs = counter("job_runs_total", "Scheduled job runs", ("task",))
-        self.job_failures = counter("job_failures_total", "Scheduled job failures", ("task",))
-        self.job_last_success = gauge(
-            "job_last_success_timestamp_seconds", "Unix time of the job's last success", ("task",)
-        )
-        # Token and build
-        self.token_expiry = gauge(
-            "token_expiry_timestamp_seconds", "Unix time the access token expires (0: unknown)"
-        )
-        self.build = Info(f"{PREFIX}_build", "Collector build", registry=registry)
-        self.build.info({"version": version})
-        self._init_series(connections)
-
-    def _init_series(self, connections: int) -> None:
-        for c in map(str, range(connections)):
-            for m in (self.connected, self.connect_attempts, self.reconnects, self.last_frame,
-                      self.pings, self.pongs, self.bytes, self.decode_errors, self.text_messages):  # fmt: skip
-                m.labels(c)
-            for reason in CONNECT_REASONS:
-                self.connect_failures.labels(c, reason)
-            for kind in ("initial_feed", "live_feed", "market_info"):
-                self.frames.labels(c, kind)
-            for segment in SEGMENTS:
-                self.segment_keys.labels(c, segment)
-            for mode in MODES:
-                self.sub_requested.labels(c, mode)
-                self.sub_active.labels(c, mode)
+        for m in (self.connected, self.connect_attempts, self.reconnects, self.last_frame, self.pings,
+                  self.pongs, self.bytes, self.text_messages, self.journal_full,
+                  self.journal_write_errors):  # fmt: skip
+            m.labels(c)
+        for reason in CONNECT_REASONS:
+            self.connect_failures.labels(c, reason)
+        for kind in ("initial_feed", "live_feed", "market_info"):
+            self.frames.labels(c, kind)
         for mode in MODES:
-            self.sub_rejected.labels(mode)
-            self.universe.labels(mode)
-        for kind in TICK_KINDS:
-            self.ticks.labels(kind)
-        for segment in SEGMENTS:
-            self.market_open.labels(segment)
-            for status in MARKET_STATUSES:
-                self.market_status.labels(segment, status)
-        for table in TABLES:
-            self.rows.labels(table)
-        for kind in ("transient", "permanent"):
-            self.write_failures.labels(kind)
-        for kind in ("snapshot", "batch"):
-            self.duplicates.labels(kind)
-        for job in JOBS:
-            self.job_runs.labels(job)
-            self.job_failures.labels(job)
-            self.job_last_success.labels(job)
+            self.sub_active.labels(c, mode)
 
     def set_market_status(self, segment: str, status: str, is_open: bool) -> None:
         if segment not in SEGMENTS or status not in MARKET_STATUSES:
@@ -166,3 +218,135 @@ class Metrics:
         self.market_open.labels(segment).set(1 if is_open else 0)
         for s in MARKET_STATUSES:
             self.market_status.labels(segment, s).set(1 if s == status else 0)
+
+
+class SinkMetrics:
+    """What a writer process (one journal into the database) exports."""
+
+    def __init__(self, registry: CollectorRegistry, *, connection: int = 0) -> None:
+        f = _Factory(registry)
+        c = str(connection)
+        self.ticks = f.counter("ticks_decoded_total", "Ticks decoded by payload kind", ("kind",))
+        self.decode_errors = f.counter("decode_errors_total", "Frames that failed to decode", _CONN)
+        self.batches = f.counter("batches_written_total", "Batches committed")
+        self.rows = f.counter("rows_written_total", "Rows committed by table", ("table",))
+        self.batch_rows = f.histogram("batch_rows", "Ticks per committed batch", BATCH_BUCKETS)
+        self.copy_seconds = f.histogram(
+            "copy_duration_seconds", "Time to write and commit one batch", COPY_BUCKETS_S
+        )
+        self.write_failures = f.counter("write_failures_total", "Failed batch writes", ("kind",))
+        # Any writer that cannot reach the database makes this 0 (livemin).
+        self.database_up = f.gauge(
+            "database_up", "1 while the writers can reach the database", mode="livemin"
+        )
+        self.dead_letters = f.counter("dead_letter_rows_total", "Rows the database rejected for good")
+        self.duplicates = f.counter(
+            "duplicates_suppressed_total", "Repeats dropped: snapshot ticks", ("kind",)
+        )
+        self.exchange_latency = f.histogram(
+            "exchange_to_receive_seconds", "Server send time to receive time", LATENCY_BUCKETS_S
+        )
+        self.commit_latency = f.histogram(
+            "receive_to_commit_seconds", "Receive time to database commit (oldest row of each batch)",
+            LATENCY_BUCKETS_S,
+        )  # fmt: skip
+        # The last known value, even while the writer process is down (mostrecent).
+        self.journal_bytes = f.gauge(
+            "journal_bytes", "Bytes of the connection's journal on disk", _CONN, mode="mostrecent"
+        )
+        self.journal_lag = f.gauge(
+            "journal_lag_bytes", "Journal bytes read from the socket and not yet committed", _CONN,
+            mode="mostrecent",
+        )  # fmt: skip
+        self.journal_committed = f.gauge(
+            "journal_committed_position_bytes", "Committed journal position", _CONN, mode="mostrecent"
+        )
+        self.journal_skipped = f.counter(
+            "journal_corrupt_records_total", "Corrupt or torn journal stretches skipped", _CONN
+        )
+        self.journal_skipped_bytes = f.counter(
+            "journal_skipped_bytes_total", "Bytes of corrupt or torn journal stretches skipped", _CONN
+        )
+        for m in (self.decode_errors, self.journal_bytes, self.journal_lag, self.journal_committed,
+                  self.journal_skipped, self.journal_skipped_bytes):  # fmt: skip
+            m.labels(c)
+        for kind in TICK_KINDS:
+            self.ticks.labels(kind)
+        for table in TABLES:
+            self.rows.labels(table)
+        for failure in ("transient", "permanent"):
+            self.write_failures.labels(failure)
+        self.duplicates.labels("snapshot")
+
+
+class ControlMetrics:
+    """What the supervisor (universe, jobs, processes, token) exports."""
+
+    def __init__(self, registry: CollectorRegistry, *, connections: int = 2, version: str = "0") -> None:
+        f = _Factory(registry)
+        self.connected = _connected(f)
+        self.sub_active = _active(f)
+        self.sub_requested = f.gauge(
+            "subscription_requested_keys", "Keys requested per connection and mode", (*_CONN, "mode"),
+            mode="livemax",
+        )  # fmt: skip
+        self.sub_rejected = f.gauge(
+            "subscription_rejected_keys",
+            "Keys of the universe that fit no connection",
+            ("mode",),
+            mode="livemax",
+        )
+        self.segment_keys = f.gauge(
+            "feed_segment_keys", "Keys a connection carries per exchange segment", (*_CONN, "segment"),
+            mode="livemax",
+        )  # fmt: skip
+        self.universe = f.gauge("universe_keys", "Keys in the configured universe", ("mode",), mode="livemax")
+        self.limit = f.gauge(
+            "subscription_limit_keys", "Upstox key limit per connection", ("mode", "scope"), mode="livemax"
+        )
+        self.process_up = f.gauge(
+            "process_up", "1 while the connection's feed or writer process runs", ("process", *_CONN),
+            mode="livemax",
+        )  # fmt: skip
+        self.process_restarts = f.counter(
+            "process_restarts_total",
+            "Feed or writer processes restarted after they exited",
+            ("process", *_CONN),
+        )
+        # "task", not "job": Prometheus' own job label would clash on scrape.
+        self.job_runs = f.counter("job_runs_total", "Scheduled job runs", ("task",))
+        self.job_failures = f.counter("job_failures_total", "Scheduled job failures", ("task",))
+        self.job_last_success = f.gauge(
+            "job_last_success_timestamp_seconds", "Unix time of the job's last success", ("task",), mode="max"
+        )
+        self.token_expiry = f.gauge(
+            "token_expiry_timestamp_seconds",
+            "Unix time the access token expires (0: unknown)",
+            mode="livemax",
+        )
+        self.rest_requests = f.counter("rest_requests_total", "Requests to Upstox's REST API", ("api",))
+        # An Info metric cannot be merged across processes; a gauge at 1 reads the same.
+        self.build = f.gauge("build_info", "Collector build", ("version",), mode="livemax")
+        self.build.labels(version).set(1)
+        self.init_connections(connections)
+        for mode in MODES:
+            self.sub_rejected.labels(mode)
+            self.universe.labels(mode)
+        for job in JOBS:
+            self.job_runs.labels(job)
+            self.job_failures.labels(job)
+            self.job_last_success.labels(job)
+        for api in ("authorize", "candles", "holidays"):
+            self.rest_requests.labels(api)
+
+    def init_connections(self, connections: int) -> None:
+        for c in map(str, range(connections)):
+            self.connected.labels(c).set(0)
+            for process in PROCESSES:
+                self.process_up.labels(process, c)
+                self.process_restarts.labels(process, c)
+            for segment in SEGMENTS:
+                self.segment_keys.labels(c, segment)
+            for mode in MODES:
+                self.sub_requested.labels(c, mode)
+                self.sub_active.labels(c, mode)

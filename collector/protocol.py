@@ -24,6 +24,9 @@ __all__ = [
     "Shard",
     "chunked",
     "encode_request",
+    "plan_changes",
+    "plan_universe",
+    "room",
     "segment_of",
     "shard_universe",
 ]
@@ -145,3 +148,90 @@ def _place(
             else:
                 rejected.setdefault(mode, []).append(key)
     return [s for s in shards if s.size], rejected
+
+
+def room(limits: Limits, counts: Mapping[Mode, int], mode: Mode) -> int:
+    """How many more keys of ``mode`` a connection holding ``counts`` can take."""
+    others = [m for m in MODES if m != mode and counts.get(m, 0) > 0]
+    if not others:
+        return max(limits.alone[mode] - counts.get(mode, 0), 0)
+    if not all(counts.get(m, 0) <= limits.mixed[m] for m in others):
+        return 0
+    return max(limits.mixed[mode] - counts.get(mode, 0), 0)
+
+
+def plan_changes(
+    current: Mapping[Mode, Iterable[str]], wanted: Mapping[Mode, Iterable[str]]
+) -> tuple[list[str], dict[Mode, list[str]], dict[Mode, list[str]]]:
+    """Requests that move a connection from ``current`` to ``wanted`` keys.
+
+    Returns (keys to unsubscribe, keys per new mode for change_mode, keys per
+    mode to subscribe), to be sent in that order: no moment in between holds
+    more keys per mode than ``wanted`` does.
+    """
+    cur = {k: m for m, keys in current.items() for k in keys}
+    new = {k: m for m, keys in wanted.items() for k in keys}
+    unsub = sorted(k for k in cur if k not in new)
+    moves: dict[Mode, list[str]] = {}
+    subs: dict[Mode, list[str]] = {}
+    for key, mode in sorted(new.items()):
+        if key not in cur:
+            subs.setdefault(mode, []).append(key)
+        elif cur[key] != mode:
+            moves.setdefault(mode, []).append(key)
+    return unsub, moves, subs
+
+
+def plan_universe(
+    current: list[Shard],
+    universe: Mapping[Mode, Iterable[str]],
+    connections: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[list[Shard], dict[Mode, list[str]]]:
+    """Move running connections to a new universe with as little churn as possible.
+
+    Keys that left are dropped; a key whose mode changed stays on its
+    connection if the new mode fits there; new keys go to the least loaded
+    connection with room (connections not running yet count as empty). Used
+    after the daily instrument sync, when contracts roll. Returns one shard
+    per connection id (0..connections-1) and the keys that fit nowhere.
+    """
+    wanted: dict[str, Mode] = {}
+    for mode in ("full_d30", "full", "option_greeks", "ltpc"):
+        for key in universe.get(mode, ()):
+            wanted.setdefault(key, mode)
+    by_id = {s.shard_id: s for s in current}
+    shards = [Shard(i, {}) for i in range(connections)]
+    counts: list[dict[Mode, int]] = [dict.fromkeys(MODES, 0) for _ in range(connections)]
+    placed: set[str] = set()
+    for i, shard in enumerate(shards):
+        old = by_id.get(i)
+        if old is None:
+            continue
+        for mode, keys in old.keys.items():
+            for key in keys:
+                if wanted.get(key) == mode and key not in placed:
+                    shard.keys.setdefault(mode, []).append(key)
+                    counts[i][mode] += 1
+                    placed.add(key)
+        for mode, keys in old.keys.items():
+            for key in keys:
+                new_mode = wanted.get(key)
+                if new_mode is None or new_mode == mode or key in placed:
+                    continue
+                if room(limits, counts[i], new_mode) > 0:
+                    shard.keys.setdefault(new_mode, []).append(key)
+                    counts[i][new_mode] += 1
+                    placed.add(key)
+    rejected: dict[Mode, list[str]] = {}
+    for mode in MODES:
+        todo = sorted(k for k, m in wanted.items() if m == mode and k not in placed)
+        for i in sorted(range(connections), key=lambda j: (sum(counts[j].values()), j)):
+            n = min(room(limits, counts[i], mode), len(todo))
+            if n:
+                shards[i].keys.setdefault(mode, []).extend(todo[:n])
+                counts[i][mode] += n
+                todo = todo[n:]
+        if todo:
+            rejected[mode] = todo
+    return shards, rejected

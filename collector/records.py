@@ -108,14 +108,19 @@ class FeedSession(NamedTuple):
 
 
 class Gap(NamedTuple):
-    """A span during which a connection was down while its segments were open."""
+    """A span during which a connection was down while its segments were open.
+
+    ``instruments`` are the keys the connection carried: the ones whose data
+    may be missing, and whose candles the backfill fetches.
+    """
 
     connection: int
     started_at: datetime
     ended_at: datetime
     segments: list[str]
     reason: str
+    instruments: list[str] = []  # noqa: RUF012 - NamedTuple defaults are never mutated
 
 
-# What a feed connection hands to the writer.
+# What the writer takes from one journal record.
 Event = Frame | FeedSession | Gap

@@ -16,13 +16,17 @@ second time. The rule, applied here before anything is batched:
    cannot be placed in time and the tick's volume is NULL. Modes without vtt
    (ltpc, index) have NULL volume.
 
-The state can be seeded from the database at start-up (``seed``), so a
-restarted collector continues the same rule.
+The state at each committed journal position is stored with the rows
+(:meth:`TickSequencer.dump`, :meth:`TickSequencer.load`), so a writer that
+restarts from that position computes exactly the rows it would have computed
+live. A journal seen for the first time is seeded from the latest stored ticks
+(``seed``).
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from collector.records import TICK_COLUMNS, Tick
 
@@ -30,6 +34,11 @@ __all__ = ["IST", "TickSequencer", "trading_day"]
 
 IST = timedelta(hours=5, minutes=30)
 _VOLUME = TICK_COLUMNS.index("volume")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+# State older than this (relative to the newest instrument in it) is dropped:
+# an instrument silent for a week (an expired contract) needs no continuity.
+KEEP = timedelta(days=7)
 
 
 def trading_day(t: datetime) -> date:
@@ -48,6 +57,22 @@ class TickSequencer:
     def seed(self, key: str, time: datetime, ltp: float, vtt: int | None) -> None:
         """Remember a tick already stored (e.g. the latest one in the database)."""
         self._last[key] = (time, ltp, vtt, trading_day(time))
+
+    def dump(self) -> dict[str, list[Any]]:
+        """The state as JSON-able data: key -> [time in us since the epoch, ltp, vtt]."""
+        if not self._last:
+            return {}
+        newest = max(v[0] for v in self._last.values())
+        stale = [k for k, v in self._last.items() if newest - v[0] > KEEP]
+        for k in stale:
+            del self._last[k]
+        return {k: [(v[0] - _EPOCH) // _US, v[1], v[2]] for k, v in self._last.items()}
+
+    def load(self, state: dict[str, list[Any]]) -> None:
+        """Replace the state with one from :meth:`dump`."""
+        self._last = {}
+        for key, (time_us, ltp, vtt) in state.items():
+            self.seed(key, _EPOCH + timedelta(microseconds=time_us), ltp, vtt)
 
     def process(self, ticks: list[Tick]) -> list[Tick]:
         """Return the ticks to store, in order, with ``volume`` filled in."""

@@ -7,12 +7,15 @@ then the defaults below. The README lists every setting.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from collector.calendar import parse_hours
 from collector.exceptions import ConfigError
 from collector.records import Mode
 
@@ -70,24 +73,43 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(default=60.0, gt=0)
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_cap_s: float = Field(default=60.0, gt=0)
-    # Writer
-    queue_max_frames: int = Field(default=10_000, ge=1)
-    max_batch_rows: int = Field(default=5_000, ge=1)
-    flush_interval_s: float = Field(default=0.5, gt=0)
-    max_pending_rows: int = Field(default=500_000, ge=1)
-    spill_after_s: float = Field(default=5.0, gt=0)
-    spool_dir: Path = Path("var/spool")
-    spool_max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
-    spool_fsync: bool = True
-    shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    # Journal (one per connection) and writer
+    journal_dir: Path = Path("var/journal")
+    journal_max_bytes: int = Field(default=8 * 1024**3, ge=16 * 1024 * 1024)
+    journal_fsync: Literal["always", "periodic", "never"] = "periodic"
+    journal_fsync_interval_s: float = Field(default=1.0, gt=0)
+    journal_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    max_batch_rows: int = Field(default=5_000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(default=0.1, gt=0)
+    shutdown_timeout_s: float = Field(default=15.0, ge=2)
     # Scheduler
     candle_refresh_interval_s: float = Field(default=60.0, gt=0)
     retention_days: int | None = Field(default=None, ge=1)
     instrument_sync_time: str = "06:15"
+    market_hours: dict[str, Any] = {}
     # Observability
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9108, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn(cls, value: SecretStr) -> SecretStr:
+        # Checked here so that a bad URL is a one-line startup error; never echo it (it holds a password).
+        try:
+            parts = urlsplit(value.get_secret_value())
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a usable URL ({exc})") from None
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("market_hours")
+    @classmethod
+    def _hours(cls, value: dict[str, Any]) -> dict[str, Any]:
+        parse_hours(value)
+        return value
 
     @field_validator("upstox_api_url", "instruments_url")
     @classmethod
@@ -121,3 +143,8 @@ def load_settings(**overrides: object) -> Settings:
         name = "COLLECTOR_" + (loc[0].upper() if loc else "SETTINGS")
         msg = err["msg"].removeprefix("Value error, ")
         raise ConfigError(name, msg) from None
+    except SettingsError as exc:
+        # A JSON setting that is not JSON: pydantic-settings names the field in its message.
+        m = re.search(r'field "(\w+)"', str(exc))
+        name = "COLLECTOR_" + (m.group(1).upper() if m else "SETTINGS")
+        raise ConfigError(name, "not valid JSON") from None

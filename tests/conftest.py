@@ -1,11 +1,24 @@
-"""Test services: a real TimescaleDB, fresh databases, and async tests.
+"""Test services: real TimescaleDB servers of both flavours, fresh databases, async tests.
 
-The TimescaleDB comes from, in order:
-1. ``COLLECTOR_TEST_DATABASE_URL`` (a superuser DSN of a server you run);
-2. Docker, where it works: testcontainers with the timescale/timescaledb image;
-3. ``scripts/timescaledb-local`` (Debian trixie's TimescaleDB in a chroot),
-   which the README's test command starts on this kind of machine.
+Every test that takes a database runs once per TimescaleDB flavour:
+
+- ``apache``: Debian trixie's package, the Apache-licensed build (no continuous
+  aggregates, columnstore or policies);
+- ``tsl``: TimescaleDB 2.29.2 built with the Timescale License code, what the
+  ``timescale/timescaledb`` image that docker compose runs has.
+
+Both come from ``scripts/timescaledb-local`` (a chroot each, started here if
+the test command has not), so the tests can stop and start them.
+``COLLECTOR_TEST_FLAVOURS=apache`` (or ``tsl``) narrows a local run to one;
+``COLLECTOR_TEST_DATABASE_URL`` points every database test at one server of
+your own instead (a superuser DSN; tests that stop the server then fail).
 Every test that needs a database gets a new one, so tests never share state.
+
+Time limits: an ``async def`` test gets ``ASYNC_TEST_LIMIT_S``; when it is
+over, the test fails even if its code swallows the cancellation, and the
+event loop is abandoned rather than waited on. pytest-timeout (``timeout`` in
+pyproject.toml, thread method) is the outer bound for everything else: it
+ends the whole run with every thread's stack, which no test code can catch.
 """
 
 from __future__ import annotations
@@ -13,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -25,22 +37,56 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_TSDB = ROOT / "scripts" / "timescaledb-local"
+FLAVOURS = ("apache", "tsl")
+ASYNC_TEST_LIMIT_S = 600.0
 
 
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run ``async def`` tests in a fresh event loop."""
-    if inspect.iscoroutinefunction(pyfuncitem.obj):
-        args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**args), timeout=300))
-        return True
-    return None
+    """Run ``async def`` tests in a fresh event loop, within a limit they cannot swallow."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    limit = (
+        float(pyfuncitem.get_closest_marker("limit").args[0])
+        if pyfuncitem.get_closest_marker("limit")
+        else ASYNC_TEST_LIMIT_S
+    )
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(pyfuncitem.obj(**args))
+    try:
+        done, _ = loop.run_until_complete(asyncio.wait({task}, timeout=limit))
+        if task not in done:
+            task.cancel()
+            loop.run_until_complete(asyncio.wait({task}, timeout=5.0))
+            stack = "".join(
+                f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n"
+                for frame in task.get_stack()
+            )
+            pytest.fail(f"test exceeded its {limit:.0f}s limit; it was at:\n{stack}", pytrace=False)
+        task.result()
+    finally:
+        if task.done():
+            # Let what the test started finish its cancellation, briefly.
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=5.0))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "limit(seconds): time limit of an async test")
 
 
 class Server:
-    """The TimescaleDB under test, and (when we own it) a way to stop and start it."""
+    """A TimescaleDB under test, and (when we run it) a way to stop and start it."""
 
-    def __init__(self, dsn: str, control: list[str] | None = None) -> None:
+    def __init__(self, dsn: str, flavour: str, control: list[str] | None = None) -> None:
         self.dsn = dsn
+        self.flavour = flavour
         self._control = control
 
     @property
@@ -48,7 +94,7 @@ class Server:
         return self._control is not None
 
     def stop(self) -> None:
-        assert self._control is not None
+        assert self._control is not None, "this test stops the database: run it on a server the tests start"
         subprocess.run([*self._control, "stop"], check=True, capture_output=True)
 
     def start(self) -> None:
@@ -59,28 +105,30 @@ class Server:
         base, _, _ = self.dsn.rpartition("/")
         return f"{base}/{name}"
 
-
-def _docker_works() -> bool:
-    if not shutil.which("docker"):
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    def __repr__(self) -> str:
+        return f"Server({self.flavour})"
 
 
-@pytest.fixture(scope="session")
-def tsdb() -> Iterator[Server]:
-    dsn = os.environ.get("COLLECTOR_TEST_DATABASE_URL")
-    if dsn:
-        yield Server(dsn)
-        return
-    if _docker_works():
-        from testcontainers.postgres import PostgresContainer
+def _flavours() -> list[str]:
+    if os.environ.get("COLLECTOR_TEST_DATABASE_URL"):
+        return ["external"]
+    wanted = os.environ.get("COLLECTOR_TEST_FLAVOURS", ",".join(FLAVOURS))
+    chosen = [f.strip() for f in wanted.split(",") if f.strip()]
+    unknown = set(chosen) - set(FLAVOURS)
+    if unknown:
+        raise pytest.UsageError(f"COLLECTOR_TEST_FLAVOURS: unknown flavour(s) {sorted(unknown)}")
+    return chosen
 
-        with PostgresContainer("timescale/timescaledb:2.17.2-pg17", driver=None) as pg:
-            yield Server(pg.get_connection_url())
-        return
-    subprocess.run([str(LOCAL_TSDB), "start"], check=True)
-    out = subprocess.run([str(LOCAL_TSDB), "dsn"], check=True, capture_output=True, text=True)
-    yield Server(out.stdout.strip(), [str(LOCAL_TSDB)])
+
+@pytest.fixture(scope="session", params=_flavours())
+def tsdb(request: pytest.FixtureRequest) -> Server:
+    flavour: str = request.param
+    if flavour == "external":
+        return Server(os.environ["COLLECTOR_TEST_DATABASE_URL"], "external")
+    control = [str(LOCAL_TSDB), "--flavour", flavour]
+    subprocess.run([*control, "start"], check=True)
+    out = subprocess.run([*control, "dsn"], check=True, capture_output=True, text=True)
+    return Server(out.stdout.strip(), flavour, control)
 
 
 async def _admin(server: Server, sql: str) -> None:

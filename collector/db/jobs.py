@@ -1,8 +1,12 @@
 """Scheduled jobs (APScheduler): candle refresh, retention, instrument sync.
 
 Where TimescaleDB has continuous aggregates and policies, the database does
-the candle and retention work itself and these jobs only set policies up;
-on the Apache-licensed build they do the work.
+the candle and retention work itself; on the Apache-licensed build these jobs
+do it. Either way the candle refresh follows late data: every committed batch
+lowers its journal's ``dirty_since`` to its oldest tick, and the refresh takes
+those marks and recomputes candles from the oldest one (on the continuous
+aggregate path only when it is older than real-time aggregation covers, e.g.
+a journal replayed after an outage).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from collector.metrics import Metrics
+from collector.metrics import ControlMetrics
 
 __all__ = ["IST_TZ", "Jobs", "apply_retention_policy", "candles_mode"]
 
@@ -23,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 IST_TZ = timezone(timedelta(hours=5, minutes=30), "IST")
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
+LEVELS = ("candles_1m", "candles_5m", "candles_15m", "candles_1h", "candles_1d")
+# Continuous aggregates aggregate recent data in real time and their policies
+# refresh what is a few minutes old; only older late data needs a refresh here.
+REALTIME_COVERS = timedelta(minutes=15)
 
 
 async def candles_mode(conn: asyncpg.Connection) -> str:
@@ -50,20 +58,11 @@ class Jobs:
     """The collector's periodic work, instrumented with run/failure metrics."""
 
     def __init__(
-        self,
-        *,
-        connect: Connect,
-        metrics: Metrics,
-        late_data: Callable[[], datetime | None] = lambda: None,
-        retention_days: int | None = None,
-        ledger_days: int = 14,
+        self, *, connect: Connect, metrics: ControlMetrics, retention_days: int | None = None
     ) -> None:
         self._connect = connect
         self._metrics = metrics
-        self._late_data = late_data
         self._retention_days = retention_days
-        self._ledger_days = ledger_days
-        self._refreshed_from: datetime | None = None
         self.mode: str | None = None
 
     async def run(self, name: str, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> bool:
@@ -83,39 +82,38 @@ class Jobs:
         return True
 
     async def refresh_candles(self) -> bool:
-        """Recompute candles from the last refresh (or the oldest late tick) onwards."""
+        """Recompute candles from the oldest tick committed since the last refresh."""
         return await self.run("candle_refresh", self._refresh)
 
     async def _refresh(self, conn: asyncpg.Connection) -> None:
         if self.mode is None:
             self.mode = await candles_mode(conn)
-        if self.mode != "scheduled_refresh":
-            return
-        started = datetime.now(UTC)
-        since = self._refreshed_from
+        # Take the marks in a short transaction of their own: the writers update
+        # the same rows with every batch and must not wait for a long refresh.
+        since = await conn.fetchval(
+            "WITH taken AS (UPDATE journal_positions p SET dirty_since = NULL FROM ("
+            "  SELECT journal, dirty_since FROM journal_positions WHERE dirty_since IS NOT NULL FOR UPDATE"
+            ") old WHERE p.journal = old.journal RETURNING old.dirty_since) "
+            "SELECT min(dirty_since) FROM taken"
+        )
         if since is None:
-            # First run: catch up from the last materialized minute, or from the first tick.
-            since = await conn.fetchval(
-                "SELECT coalesce((SELECT max(bucket) FROM candles_1m), (SELECT min(time) FROM ticks))"
-            )
-            if since is None:
-                return
-        late = self._late_data()
-        if late is not None and late < since:
-            since = late
-        await conn.execute("SELECT refresh_candles($1)", since)
-        # Next time start a minute before this run began: ticks committed since
-        # then may belong to buckets this run already computed.
-        self._refreshed_from = started - timedelta(minutes=1)
+            return
+        try:
+            if self.mode == "scheduled_refresh":
+                await conn.execute("SELECT refresh_candles($1)", since)
+            elif since < datetime.now(UTC) - REALTIME_COVERS:
+                for level in LEVELS:  # in order: each level is built on the one before
+                    await conn.execute(
+                        "CALL refresh_continuous_aggregate($1::text::regclass, $2, NULL)", level, since
+                    )
+        except BaseException:
+            await conn.execute("UPDATE journal_positions SET dirty_since = least(dirty_since, $1)", since)
+            raise
 
     async def retention(self) -> bool:
         return await self.run("retention", self._retention)
 
     async def _retention(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(
-            "DELETE FROM ingest_ledger WHERE committed_at < now() - make_interval(days => $1)",
-            self._ledger_days,
-        )
         if self._retention_days is None or await candles_mode(conn) == "continuous_aggregates":
             return  # there, a retention policy (set by `collector migrate`) drops chunks
         keep = timedelta(days=self._retention_days)

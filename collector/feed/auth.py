@@ -14,24 +14,46 @@ import base64
 import json
 import logging
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from collector.backoff import RateLimiter, acquire
 from collector.exceptions import (
     ConfigError,
     FeedNetworkError,
     FeedProtocolError,
     FeedTLSError,
+    TokenRejected,
     classify_http_status,
 )
 
-__all__ = ["AUTHORIZE_PATH", "TokenSource", "authorize", "token_expiry"]
+__all__ = [
+    "AUTHORIZE_LIMITS",
+    "AUTHORIZE_PATH",
+    "REST_LIMITS",
+    "Authorizer",
+    "TokenSource",
+    "authorize",
+    "rest_limiter",
+    "token_expiry",
+]
 
 logger = logging.getLogger(__name__)
 
 AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
+# Upstox allows 50/s, 500/min and 2000 per 30 min per user and API; the whole
+# collector (authorize and the candle backfill) stays below with one limiter.
+REST_LIMITS = [(40, 1.0), (450, 60.0), (1800, 1800.0)]
+# Authorize calls alone stay far lower, whatever the reconnect loops do.
+AUTHORIZE_LIMITS = [(2, 1.0), (30, 60.0), (300, 1800.0)]
+
+
+def rest_limiter(clock: Callable[[], float] = time.monotonic) -> RateLimiter:
+    """The one limiter for every REST call the collector makes."""
+    return RateLimiter(REST_LIMITS, clock=clock)
 
 
 def token_expiry(token: str) -> float | None:
@@ -120,3 +142,41 @@ async def authorize(
     if not isinstance(uri, str) or not uri.startswith(("wss://", "ws://")):
         raise FeedProtocolError("authorize returned a URL that is not ws:// or wss://")
     return uri
+
+
+class Authorizer:
+    """Authorizes connection attempts for every feed process of the collector.
+
+    One token source and one REST limiter for the whole collector: the feed
+    processes hold no secret and ask here (through their channel) for each
+    one-time socket URL.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        tokens: TokenSource,
+        rest: RateLimiter,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        on_call: Callable[[], None] = lambda: None,
+        on_token: Callable[[str], None] = lambda token: None,
+    ) -> None:
+        self._api_url = api_url
+        self._tokens = tokens
+        self._rest = rest
+        self._own = RateLimiter(AUTHORIZE_LIMITS, clock=rest.clock)
+        self._ssl = ssl_context
+        self._on_call = on_call
+        self._on_token = on_token
+
+    async def __call__(self) -> str:
+        """A one-time ``wss`` URL; raises ConnectError (TokenRejected when no token can be read)."""
+        try:
+            token = self._tokens.read()
+        except ConfigError as exc:
+            raise TokenRejected(str(exc)) from None
+        self._on_token(token)
+        await acquire(self._own, self._rest)
+        self._on_call()
+        return await authorize(self._api_url, token, ssl_context=self._ssl)

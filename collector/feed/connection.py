@@ -1,49 +1,79 @@
-"""One feed connection: authorize, connect, subscribe, read, and reconnect forever.
+"""One feed connection: connect, subscribe, read into the journal, reconnect forever.
 
-Reading never waits on the database: each decoded frame is handed to
-``deliver`` (the writer's bounded queue), and nothing else happens between
-two reads. Liveness comes from WebSocket ping/pong (websockets' keepalive,
+Between two socket reads the connection does one thing: append the frame, with
+its receive time, to its journal (:class:`~collector.feed.journal.JournalWriter`).
+Decoding and storing happen in the writer process, so reading never waits on
+them. The one frame looked into here is ``market_info`` (rare, and found by
+its first two bytes): market state lives on the feed side, because liveness
+depends on it. Liveness comes from WebSocket ping/pong (websockets' keepalive,
 plus an immediate ping when the socket is silent while its segments are open),
-never from "no ticks for N seconds" alone: Upstox has no application heartbeat
-and a closed market is silent.
+never from "no ticks for N seconds" alone: Upstox has no application
+heartbeat and a closed market is silent.
+
+Sessions (connected to closed) and gaps (down while a segment it carries was
+open) go into the journal as events, so data flows one way. When the journal
+reaches its size bound, or the disk refuses it, the connection closes the
+socket and waits: nothing read is dropped, the feed falls behind instead and
+the time without a socket is recorded as a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from collector.backoff import RateLimiter, full_jitter
+from collector.backoff import full_jitter
+from collector.calendar import Calendar
 from collector.decode import decode_frame
 from collector.exceptions import (
-    ConfigError,
     ConnectError,
     DecodeError,
     FeedNetworkError,
     FeedProtocolError,
     FeedTLSError,
+    JournalWriteError,
     RateLimited,
     TokenRejected,
     classify_http_status,
 )
-from collector.feed.auth import TokenSource, authorize, token_expiry
+from collector.feed.journal import JournalWriter
+from collector.journal import EVENT, FRAME, TEXT
 from collector.market import MarketState
-from collector.metrics import SEGMENTS, Metrics
-from collector.protocol import DEFAULT_LIMITS, Limits, Method, Shard, chunked, encode_request, segment_of
-from collector.records import MODES, Event, FeedSession, Gap, Mode
+from collector.metrics import FeedMetrics
+from collector.protocol import (
+    DEFAULT_LIMITS,
+    Limits,
+    Method,
+    Shard,
+    chunked,
+    encode_request,
+    plan_changes,
+    segment_of,
+)
+from collector.records import MODES, Mode
 
-__all__ = ["FeedConnection", "FeedOptions"]
+__all__ = ["Authorize", "FeedConnection", "FeedOptions"]
 
 logger = logging.getLogger(__name__)
+
+# Returns the one-time wss URL for one attempt; raises ConnectError.
+Authorize = Callable[[], Awaitable[str]]
+
+# A FeedResponse's first field is ``type`` (field 1, varint) whenever it is not
+# initial_feed (0, which proto3 omits): serializers write fields in number order.
+_LIVE = b"\x08\x01"
+_MARKET_INFO = b"\x08\x02"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,41 +91,41 @@ class FeedOptions:
     token_retry_s: float = 60.0
     rate_limit_retry_s: float = 30.0
     max_frame_bytes: int = 16 * 1024 * 1024
+    journal_max_bytes: int = 8 * 1024**3
+    journal_retry_s: float = 1.0
 
 
-def authorize_limiter(clock: Callable[[], float] = time.monotonic) -> RateLimiter:
-    """Authorize calls for the whole process: far below 50/s, 500/min, 2000/30 min."""
-    return RateLimiter([(2, 1.0), (30, 60.0), (300, 1800.0)], clock=clock)
+class _Stop(Exception):
+    """Reading must stop: the journal is full or unwritable."""
 
 
 class FeedConnection:
-    """Keeps one shard of the universe subscribed, reconnecting forever."""
+    """Keeps one shard of the universe subscribed and journals what it reads."""
 
     def __init__(
         self,
         shard: Shard,
         *,
-        api_url: str,
-        tokens: TokenSource,
-        deliver: Callable[[Event], Awaitable[None]],
+        authorize: Authorize,
+        journal: JournalWriter,
         market: MarketState,
-        metrics: Metrics,
-        limiter: RateLimiter,
+        metrics: FeedMetrics,
         options: FeedOptions | None = None,
         limits: Limits = DEFAULT_LIMITS,
         ssl_context: ssl.SSLContext | None = None,
         backoff: Callable[[], Iterator[float]] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        calendar: Calendar | None = None,
+        down_since: datetime | None = None,
+        on_connected: Callable[[datetime], None] = lambda at: None,
     ) -> None:
         self.shard = shard
         self.id = shard.shard_id
         self._label = str(shard.shard_id)
-        self._api_url = api_url
-        self._tokens = tokens
-        self._deliver = deliver
-        self._market = market
+        self._authorize = authorize
+        self.journal = journal
+        self.market = market
         self._metrics = metrics
-        self._limiter = limiter
         self._opt = options or FeedOptions()
         self._limits = limits
         self._ssl = ssl_context
@@ -103,67 +133,35 @@ class FeedConnection:
             lambda: full_jitter(base_s=self._opt.backoff_base_s, cap_s=self._opt.backoff_cap_s)
         )
         self._now = now
+        self.calendar = calendar
+        self._on_connected = on_connected
         self._ws: ClientConnection | None = None
-        self._down_since: datetime | None = None
+        # When data last came in: the journal's last record (the collector was
+        # not running since), else the first connection attempt.
+        self._down_since: datetime | None = down_since
+        self._down_reason = "collector_down"
+        self._unwritten: list[bytes] = []  # events the disk refused, written when it takes them
+        self._last_frame = time.monotonic()
         self.connected = asyncio.Event()
         self.sessions = 0  # completed subscriptions, for tests and logs
-        self._publish_requested()
 
-    # -- runtime subscription changes -------------------------------------------------
+    # -- subscriptions ----------------------------------------------------------------
 
-    async def subscribe(self, mode: Mode, keys: list[str]) -> None:
-        """Add keys in ``mode``; raises ValueError past the connection's limits."""
-        counts = {m: len(self.shard.keys.get(m, [])) for m in MODES}
-        new = [k for k in keys if k not in self._all_keys()]
-        counts[mode] += len(new)
-        if not self._limits.fits(counts):
-            raise ValueError(f"connection {self.id}: {len(new)} more {mode} keys exceed the limits")
-        self.shard.keys.setdefault(mode, []).extend(new)
-        self._publish_requested()
-        await self._send("sub", new, mode)
+    async def set_keys(self, keys: dict[Mode, list[str]]) -> None:
+        """Move to a new set of keys per mode without reconnecting.
 
-    async def unsubscribe(self, keys: list[str]) -> None:
-        drop = set(keys)
-        for mode in list(self.shard.keys):
-            self.shard.keys[mode] = [k for k in self.shard.keys[mode] if k not in drop]
-        self._publish_requested()
-        await self._send("unsub", keys, None)
-
-    async def change_mode(self, mode: Mode, keys: list[str]) -> None:
-        move = set(keys) & self._all_keys()
-        counts = {m: len([k for k in self.shard.keys.get(m, []) if k not in move]) for m in MODES}
-        counts[mode] += len(move)
-        if not self._limits.fits(counts):
-            raise ValueError(f"connection {self.id}: change_mode to {mode} exceeds the limits")
-        for m in list(self.shard.keys):
-            self.shard.keys[m] = [k for k in self.shard.keys[m] if k not in move]
-        self.shard.keys.setdefault(mode, []).extend(sorted(move))
-        self._publish_requested()
-        await self._send("change_mode", sorted(move), mode)
-
-    def room(self, mode: Mode) -> int:
-        """How many more keys of ``mode`` this connection can take within the limits."""
-        counts = {m: len(self.shard.keys.get(m, [])) for m in MODES}
-        others = [m for m in MODES if m != mode and counts[m] > 0]
-        if not others:
-            return max(self._limits.alone[mode] - counts[mode], 0)
-        if not all(counts[m] <= self._limits.mixed[m] for m in others):
-            return 0
-        return max(self._limits.mixed[mode] - counts[mode], 0)
-
-    def _all_keys(self) -> set[str]:
-        return {k for keys in self.shard.keys.values() for k in keys}
-
-    def _publish_requested(self) -> None:
-        per_segment: dict[str, int] = {}
-        for keys in self.shard.keys.values():
-            for key in keys:
-                segment = segment_of(key)
-                per_segment[segment] = per_segment.get(segment, 0) + 1
-        for segment in SEGMENTS:
-            self._metrics.segment_keys.labels(self._label, segment).set(per_segment.get(segment, 0))
-        for mode in MODES:
-            self._metrics.sub_requested.labels(self._label, mode).set(len(self.shard.keys.get(mode, [])))
+        The supervisor plans shards within Upstox's limits; here they are only
+        turned into unsub, change_mode and sub requests, in that order, so the
+        connection never holds more than its limits at any moment.
+        """
+        unsub, moves, subs = plan_changes(self.shard.keys, keys)
+        self.shard.keys = {m: list(v) for m, v in keys.items() if v}
+        if unsub:
+            await self._send("unsub", unsub, None)
+        for mode, moved in moves.items():
+            await self._send("change_mode", moved, mode)
+        for mode, added in subs.items():
+            await self._send("sub", added, mode)
 
     async def _send(self, method: Method, keys: list[str], mode: Mode | None) -> None:
         ws = self._ws
@@ -178,6 +176,7 @@ class FeedConnection:
         """Connect and read until cancelled; never returns on its own."""
         delays = self._backoff()
         while True:
+            await self._wait_for_journal()
             try:
                 ws = await self._connect()
             except ConnectError as exc:
@@ -207,17 +206,9 @@ class FeedConnection:
     async def _connect(self) -> ClientConnection:
         if self._down_since is None:
             self._down_since = self._now()
-        wait = self._limiter.wait_s()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        self._limiter.record()
+            self._down_reason = "start"
         self._metrics.connect_attempts.labels(self._label).inc()
-        try:
-            token = self._tokens.read()
-        except ConfigError as exc:
-            raise TokenRejected(str(exc)) from None
-        self._metrics.token_expiry.set(token_expiry(token) or 0)
-        uri = await authorize(self._api_url, token, ssl_context=self._ssl)
+        uri = await self._authorize()
         try:
             # For wss:// websockets verifies with ssl.create_default_context() unless
             # we pass a context; plain ws:// only when authorize returned one.
@@ -230,6 +221,7 @@ class FeedConnection:
                 ping_timeout=self._opt.ping_timeout_s,
                 max_size=self._opt.max_frame_bytes,
                 close_timeout=5,
+                compression=None,
             )
         except websockets.InvalidStatus as exc:
             raise classify_http_status(exc.response.status_code, "feed handshake") from None
@@ -238,41 +230,59 @@ class FeedConnection:
         except websockets.InvalidHandshake as exc:
             raise FeedProtocolError(f"feed handshake failed: {exc}") from None
         except (OSError, TimeoutError) as exc:
-            raise FeedNetworkError(f"feed connect failed: {exc}") from None
+            raise FeedNetworkError(f"feed connect failed: {exc or type(exc).__name__}") from None
 
     async def _session(self, ws: ClientConnection) -> str:
         """Subscribe and read until the socket closes; return why it closed."""
         self._ws = ws
         label = self._label
+        metrics = self._metrics
+        journal = self.journal
         watchdog: asyncio.Task[None] | None = None
         connected_at = self._now()
         reason = "closed"
         try:
             for mode, keys in self.shard.keys.items():
                 await self._send("sub", keys, mode)
-            await self._mark_up(connected_at)
+            self._mark_up(connected_at)
             watchdog = asyncio.create_task(self._watchdog(ws))
+            frames = {
+                kind: metrics.frames.labels(label, kind)
+                for kind in ("initial_feed", "live_feed", "market_info")
+            }
+            received = metrics.bytes.labels(label)
+            last_frame = metrics.last_frame.labels(label)
+            max_bytes = self._opt.journal_max_bytes
             async for message in ws:
                 self._last_frame = time.monotonic()
-                self._metrics.last_frame.labels(label).set(time.time())
                 if isinstance(message, str):
                     # JSON text frames are server messages (e.g. subscription errors), never ticks.
-                    self._metrics.text_messages.labels(label).inc()
+                    self._append(TEXT, message.encode())
+                    metrics.text_messages.labels(label).inc()
                     logger.warning("connection %s: server message: %.300s", self.id, message)
                     continue
-                self._metrics.bytes.labels(label).inc(len(message))
-                try:
-                    frame = decode_frame(message, self._now())
-                except DecodeError as exc:
-                    self._metrics.decode_errors.labels(label).inc()
-                    logger.warning("connection %s: undecodable frame: %s", self.id, exc)
-                    continue
-                self._metrics.frames.labels(label, frame.kind).inc()
-                await self._deliver(frame)
+                received_ns = self._append(FRAME, message)
+                received.inc(len(message))
+                last_frame.set(received_ns / 1e9)
+                head = message[:2]
+                if head == _LIVE:
+                    frames["live_feed"].inc()
+                elif head == _MARKET_INFO:
+                    frames["market_info"].inc()
+                    self._market_info(message)
+                else:
+                    frames["initial_feed"].inc()
+                if journal.disk_bytes() >= max_bytes:
+                    raise _Stop(f"journal full ({max_bytes} bytes)")
         except websockets.ConnectionClosed:
             pass
         except (OSError, TimeoutError) as exc:
             reason = f"network: {exc}"
+        except _Stop as exc:
+            reason = str(exc)
+            metrics.journal_full.labels(label).set(1)
+            logger.error("connection %s: %s; closing the socket until it has room", self.id, exc)
+            await ws.close(1000, "collector journal full")
         finally:
             self._ws = None
             if watchdog is not None:
@@ -280,34 +290,109 @@ class FeedConnection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watchdog
             await ws.close()
-            if ws.close_code is not None:
+            if ws.close_code is not None and not reason.startswith("journal"):
                 reason = f"code {ws.close_code}" + (f" {ws.close_reason}" if ws.close_reason else "")
-            await self._mark_down(connected_at, reason)
+            self._mark_down(connected_at, reason)
         return reason
 
-    async def _mark_up(self, connected_at: datetime) -> None:
+    def _append(self, kind: int, payload: bytes) -> int:
+        """Journal one record; stop reading if the disk refuses it."""
+        if self._unwritten:
+            self._flush_events()
+        try:
+            return self.journal.append(kind, payload)
+        except JournalWriteError as exc:
+            self._metrics.journal_write_errors.labels(self._label).inc()
+            raise _Stop(f"journal write failed: {exc}") from None
+
+    def _market_info(self, message: bytes) -> None:
+        try:
+            frame = decode_frame(message, self._now())
+        except DecodeError:
+            return  # stored and counted by the writer
+        for s in self.market.update(frame.statuses):
+            self._metrics.set_market_status(s.segment, s.status, self.market.is_open(s.segment))
+
+    # -- sessions, gaps and the journal bound -----------------------------------------
+
+    def _event(self, event: dict[str, Any]) -> None:
+        self._unwritten.append(json.dumps(event, separators=(",", ":")).encode())
+        self._flush_events()
+
+    def _flush_events(self) -> None:
+        while self._unwritten:
+            try:
+                self.journal.append(EVENT, self._unwritten[0])
+            except JournalWriteError:
+                return  # kept for later; the gap covers the time meanwhile
+            self._unwritten.pop(0)
+
+    def _mark_up(self, connected_at: datetime) -> None:
         self._last_frame = time.monotonic()
         self.sessions += 1
         self._metrics.connected.labels(self._label).set(1)
         for mode in MODES:
-            n = len(self.shard.keys.get(mode, []))
-            self._metrics.sub_active.labels(self._label, mode).set(n)
+            self._metrics.sub_active.labels(self._label, mode).set(len(self.shard.keys.get(mode, [])))
         logger.info("connection %s subscribed %d keys", self.id, self.shard.size)
         self.connected.set()
         down_since, self._down_since = self._down_since, None
-        if down_since is not None and self.sessions > 1:
-            segments = sorted(self.shard.segments())
-            if self._market.any_open(segments):
-                gap = Gap(self.id, down_since, connected_at, segments, "reconnect")
-                await self._deliver(gap)
+        if down_since is not None:
+            self._record_gap(down_since, connected_at)
+        self._on_connected(connected_at)
 
-    async def _mark_down(self, connected_at: datetime, reason: str) -> None:
+    def _record_gap(self, start: datetime, end: datetime) -> None:
+        """Record the time without a socket, where a market the shard trades was open.
+
+        With a calendar, only the spans it says were open count (nothing else
+        can tell while nobody listened). Without one, the whole span counts if
+        a segment is open now, per Upstox's market_info.
+        """
+        segments = sorted(self.shard.segments())
+        if self.calendar is not None:
+            spans = self.calendar.open_spans(segments, start, end)
+        elif self.market.any_open(segments):
+            spans = [(start, end, segments)]
+        else:
+            spans = []
+        for s, e, open_segments in spans:
+            self._event({
+                "type": "gap", "connection": self.id, "started_at": s.isoformat(), "ended_at": e.isoformat(),
+                "segments": open_segments, "reason": self._down_reason,
+                "instruments": sorted(k for keys in self.shard.keys.values() for k in keys
+                                      if segment_of(k) in open_segments),
+            })  # fmt: skip
+
+    def _mark_down(self, connected_at: datetime, reason: str) -> None:
         self.connected.clear()
         self._metrics.connected.labels(self._label).set(0)
         for mode in MODES:
             self._metrics.sub_active.labels(self._label, mode).set(0)
         self._down_since = self._now()
-        await self._deliver(FeedSession(self.id, connected_at, self._down_since, reason[:200]))
+        self._down_reason = "journal" if reason.startswith("journal") else "reconnect"
+        self._event({
+            "type": "session", "connection": self.id, "connected_at": connected_at.isoformat(),
+            "disconnected_at": self._down_since.isoformat(), "reason": reason[:200],
+        })  # fmt: skip
+
+    async def _wait_for_journal(self) -> None:
+        """Before connecting: wait until the journal has room and the disk takes writes."""
+        announced = False
+        while self.journal.disk_bytes(0) >= self._opt.journal_max_bytes * 0.9 or not self.journal.writable():
+            if self._down_since is None:
+                self._down_since = self._now()
+            if not announced:
+                logger.error(
+                    "connection %s: journal %s is full or unwritable (%d bytes on disk); waiting",
+                    self.id, self.journal.directory, self.journal.disk_bytes(0),
+                )  # fmt: skip
+                announced = True
+            self._metrics.journal_full.labels(self._label).set(1)
+            await asyncio.sleep(self._opt.journal_retry_s)
+        if self._unwritten:
+            self._flush_events()
+        if announced:
+            logger.info("connection %s: the journal has room again", self.id)
+        self._metrics.journal_full.labels(self._label).set(0)
 
     async def _watchdog(self, ws: ClientConnection) -> None:
         """Ping a socket that is silent while its segments are open; close it if no pong."""
@@ -316,7 +401,7 @@ class FeedConnection:
         while True:
             await asyncio.sleep(check_every)
             silent = time.monotonic() - self._last_frame
-            if silent < opt.stall_timeout_s or not self._market.any_open(self.shard.segments()):
+            if silent < opt.stall_timeout_s or not self.market.any_open(self.shard.segments()):
                 continue
             self._metrics.pings.labels(self._label).inc()
             try:

@@ -1,17 +1,21 @@
 """Write one batch into TimescaleDB, exactly once. The writer's sink.
 
-A batch commits in one transaction together with its row in
-``ingest_ledger``; a batch whose id is already there (a retry after an
-ambiguous failure, or a spool replay) is skipped. Rows the database rejects
-for good (data errors, class 22 and 23) are isolated by bisection inside
-savepoints and stored in ``dead_letters`` with the reason; the rest commits.
-Metrics count rows only once the transaction committed.
+A batch is the rows decoded from one stretch of a journal, ``start`` to
+``end``. It commits in one transaction that first moves the journal's row in
+``journal_positions`` from ``start`` to ``end``: if the position is not at
+``start`` (the batch, or a later one, is already in: a commit whose outcome
+was unknown did happen) nothing is written and :class:`PositionConflict` tells
+the writer to reload. The row lock also fences off a second writer of the same
+journal. Rows the database rejects for good (data errors, class 22 and 23) are
+isolated by bisection inside savepoints and stored in ``dead_letters`` with
+the reason; the rest commits. Metrics count rows only once committed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -19,7 +23,8 @@ from typing import Any
 import asyncpg
 
 from collector.batch import Batch
-from collector.metrics import Metrics
+from collector.exceptions import PositionConflict
+from collector.metrics import SinkMetrics
 from collector.records import TICK_COLUMNS
 
 __all__ = ["PERMANENT", "BatchStore"]
@@ -30,6 +35,12 @@ logger = logging.getLogger(__name__)
 # (data exception) and 23 (integrity constraint violation).
 PERMANENT = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
+_ADVANCE_SQL = """
+UPDATE journal_positions
+SET position = $3, state = $4, dirty_since = least(dirty_since, $5), updated_at = now()
+WHERE journal = $1 AND position = $2
+RETURNING true
+"""
 _BARS_SQL = """
 INSERT INTO exchange_bars AS b (instrument_key, interval, bar_start, open, high, low, close, volume, updated_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::float8[],
@@ -39,18 +50,27 @@ SET open = excluded.open, high = excluded.high, low = excluded.low, close = excl
     volume = excluded.volume, updated_at = excluded.updated_at
 WHERE b.updated_at <= excluded.updated_at
 """
-_STATUS_SQL = (
-    "INSERT INTO market_status (segment, session, status, time, received_at) "
-    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+# One statement per table, never executemany: a task cancelled inside asyncpg's
+# pipelined executemany can wait forever (MagicStack/asyncpg#873), which once
+# made shutdown hang. unnest() takes whole columns as arrays instead.
+_STATUS_SQL = """
+INSERT INTO market_status (segment, session, status, time, received_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+_SESSION_SQL = """
+INSERT INTO feed_sessions (connection, connected_at, disconnected_at, close_reason)
+SELECT * FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[], $4::text[])
+ON CONFLICT DO NOTHING
+"""
+_GAP_SQL = (  # text[] columns cannot travel through unnest(); gaps are few
+    "INSERT INTO feed_gaps (connection, started_at, ended_at, segments, reason, instruments) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
 )
-_SESSION_SQL = (
-    "INSERT INTO feed_sessions (connection, connected_at, disconnected_at, close_reason) "
-    "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
-)
-_GAP_SQL = (
-    "INSERT INTO feed_gaps (connection, started_at, ended_at, segments, reason) "
-    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
-)
+_DEAD_SQL = """
+INSERT INTO dead_letters (table_name, reason, row_data, journal, position)
+SELECT t, r, d::jsonb, j, p FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) AS u(t, r, d, j, p)
+"""
 
 
 def _jsonable(value: Any) -> Any:
@@ -66,37 +86,55 @@ def _jsonable(value: Any) -> Any:
 
 
 class BatchStore:
-    """Writes batches with COPY and upserts; one instance per writer."""
+    """Commits batches with COPY and upserts; one instance per writer."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: SinkMetrics) -> None:
         self._metrics = metrics
 
-    async def write(self, conn: asyncpg.Connection, batch: Batch) -> bool:
-        """Write a batch in one transaction; False when the ledger says it is already in."""
-        try:
-            return await self._transaction(conn, batch, salvage=False)
-        except PERMANENT as exc:
-            logger.warning("batch %s rejected (%s); isolating the bad rows", batch.batch_id, exc)
-            self._metrics.write_failures.labels("permanent").inc()
-            return await self._transaction(conn, batch, salvage=True)
+    @staticmethod
+    async def load(
+        conn: asyncpg.Connection, journal: str, connection: int, oldest: int
+    ) -> tuple[int, bytes | None]:
+        """The committed (position, state) of ``journal``; registers it at ``oldest`` if new."""
+        row = await conn.fetchrow("SELECT position, state FROM journal_positions WHERE journal = $1", journal)
+        if row is not None:
+            return int(row["position"]), row["state"]
+        await conn.execute(
+            "INSERT INTO journal_positions (journal, connection, position) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            journal,
+            connection,
+            oldest,
+        )
+        row = await conn.fetchrow("SELECT position, state FROM journal_positions WHERE journal = $1", journal)
+        return int(row["position"]), row["state"]
 
-    async def _transaction(self, conn: asyncpg.Connection, batch: Batch, *, salvage: bool) -> bool:
+    async def write(self, conn: asyncpg.Connection, batch: Batch) -> None:
+        """Commit a batch and its journal position in one transaction."""
+        started = time.monotonic()
+        try:
+            await self._transaction(conn, batch, salvage=False)
+        except PERMANENT as exc:
+            logger.warning("batch %d..%d rejected (%s); isolating the bad rows", batch.start, batch.end, exc)
+            self._metrics.write_failures.labels("permanent").inc()
+            await self._transaction(conn, batch, salvage=True)
+        self._metrics.copy_seconds.observe(time.monotonic() - started)
+
+    async def _transaction(self, conn: asyncpg.Connection, batch: Batch, *, salvage: bool) -> None:
         written: dict[str, int] = {}
         dead_total = 0
+        first_time = min((t.time for t in batch.ticks), default=None)
         async with conn.transaction():
-            fresh = await conn.fetchval(
-                "INSERT INTO ingest_ledger (batch_id, rows) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
-                batch.batch_id,
-                batch.rows,
+            moved = await conn.fetchval(
+                _ADVANCE_SQL, batch.journal, batch.start, batch.end, batch.state or None, first_time
             )
-            if not fresh:
-                return False
+            if not moved:
+                raise PositionConflict(f"journal {batch.journal} is no longer at {batch.start}")
             steps: list[tuple[str, Sequence[Any], Callable[[Sequence[Any]], Awaitable[None]]]] = [
                 ("ticks", batch.ticks, lambda rows: self._copy_ticks(conn, rows)),
                 ("exchange_bars", batch.bars, lambda rows: self._upsert_bars(conn, rows)),
-                ("market_status", batch.statuses, lambda rows: conn.executemany(_STATUS_SQL, rows)),
-                ("feed_sessions", batch.sessions, lambda rows: conn.executemany(_SESSION_SQL, rows)),
-                ("feed_gaps", batch.gaps, lambda rows: conn.executemany(_GAP_SQL, rows)),
+                ("market_status", batch.statuses, lambda rows: self._columns(conn, _STATUS_SQL, rows)),
+                ("feed_sessions", batch.sessions, lambda rows: self._columns(conn, _SESSION_SQL, rows)),
+                ("feed_gaps", batch.gaps, lambda rows: self._each(conn, _GAP_SQL, rows)),
             ]
             for table, rows, write in steps:
                 if not rows:
@@ -109,18 +147,34 @@ class BatchStore:
                 else:
                     await write(rows)
                     written[table] = len(rows)
+            if batch.rejects:
+                await self._columns(
+                    conn,
+                    _DEAD_SQL,
+                    [(t, reason, row, batch.journal, batch.start) for t, reason, row in batch.rejects],
+                )
+                dead_total += len(batch.rejects)
         # Counted only once committed: a cancelled or failed commit counts nothing.
         for table, n in written.items():
             self._metrics.rows.labels(table).inc(n)
         if dead_total:
             self._metrics.dead_letters.inc(dead_total)
-        return True
 
     async def _copy_ticks(self, conn: asyncpg.Connection, rows: Sequence[Any]) -> None:
         await conn.copy_records_to_table("ticks", records=rows, columns=TICK_COLUMNS)
 
     async def _upsert_bars(self, conn: asyncpg.Connection, rows: Sequence[Any]) -> None:
-        await conn.execute(_BARS_SQL, *(list(col) for col in zip(*rows, strict=True)))
+        await self._columns(conn, _BARS_SQL, rows)
+
+    @staticmethod
+    async def _columns(conn: asyncpg.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run an unnest() statement with the rows turned into column arrays."""
+        await conn.execute(sql, *(list(col) for col in zip(*rows, strict=True)))
+
+    @staticmethod
+    async def _each(conn: asyncpg.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        for row in rows:
+            await conn.execute(sql, *row)
 
     async def _salvage(
         self, conn: asyncpg.Connection, rows: Sequence[Any], write: Callable[[Sequence[Any]], Awaitable[None]]
@@ -146,12 +200,10 @@ class BatchStore:
                 table,
                 reason[:1000],
                 json.dumps({k: _jsonable(v) for k, v in row._asdict().items()}),
-                batch.batch_id,
+                batch.journal,
+                batch.start,
             )
             for row, reason in dead
         ]
-        await conn.executemany(
-            "INSERT INTO dead_letters (table_name, reason, row_data, batch_id) VALUES ($1, $2, $3::jsonb, $4)",
-            records,
-        )
+        await self._columns(conn, _DEAD_SQL, records)
         logger.error("%d %s rows dead-lettered, e.g. %s", len(dead), table, dead[0][1])

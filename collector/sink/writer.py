@@ -1,331 +1,149 @@
-"""The sink: a bounded queue from the feed, batches, and COPY into TimescaleDB.
+"""The writer for one journal: tail → decode → sequence → batch → COPY, exactly once.
 
-Two tasks share the work so that reading never waits on the database:
+It reads the committed position and the sequencer's state from
+``journal_positions``, seeks the journal there and goes on: every record after
+the position is decoded, sequenced (:class:`~collector.sequencer.TickSequencer`)
+and batched; each batch commits with the position it reached
+(:class:`~collector.sink.store.BatchStore`). Nothing is held that the journal
+does not hold: when anything fails (the database goes away, a commit's outcome
+is unknown) the writer drops what it had, reloads position and state, and
+reads the journal again from there. So a crash, an outage or a restart loses
+nothing that was read and stores nothing twice, and memory stays bounded:
+while the database is away the journal grows on disk instead.
 
-- *intake* takes events from the queue, suppresses repeated snapshots and
-  computes volume (:class:`~collector.sequencer.TickSequencer`), adds them to
-  the open batch and seals it when full, or when due and the flusher is idle
-  (so batches grow while a COPY is in flight);
-- *flusher* writes sealed batches, oldest first (the spool before memory),
-  each in one transaction together with its ``ingest_ledger`` row.
-
-When the database is away, sealed batches wait in memory up to
-``max_pending_rows`` rows or ``spill_after_s`` seconds, then go to the disk
-spool; both are written back in order when it returns, and a spool left by a
-crash is replayed at start-up. Rows the database rejects for good (data
-errors) are isolated by bisection and stored in ``dead_letters`` with the
-reason; everything else is retried forever.
+Batches grow under load instead of waiting for a timer: while one batch is
+being written the next one keeps filling (up to ``max_batch_rows`` times
+``grow_factor``), and it is handed over as soon as the write finishes. When
+idle, a batch waits at most ``flush_interval_s`` for company.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from collector.backoff import full_jitter
 from collector.batch import Batch, Batcher
-from collector.exceptions import SpoolFullError
+from collector.decode import decode_frame
+from collector.exceptions import DecodeError, PositionConflict
+from collector.feed.journal import journal_id
+from collector.journal import EVENT, FRAME, Record
 from collector.market import MarketState
-from collector.metrics import Metrics
-from collector.records import Event, FeedSession, Frame, Gap
+from collector.metrics import SinkMetrics
+from collector.records import FeedSession, Gap, StatusChange
 from collector.sequencer import IST, TickSequencer
-from collector.sink.spool import Spool
 from collector.sink.store import BatchStore
+from collector.sink.tail import JournalReader
 
-__all__ = ["Writer"]
+__all__ = ["TRANSIENT", "Writer", "event_record"]
 
 logger = logging.getLogger(__name__)
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
+# What "the database is away (for now)" looks like from here.
+TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, PositionConflict)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def event_record(payload: bytes) -> FeedSession | Gap:
+    """A connection event written by the feed (JSON) as a row to store."""
+    e = json.loads(payload)
+    if e["type"] == "session":
+        return FeedSession(
+            e["connection"], _time(e["connected_at"]), _time(e["disconnected_at"]), e["reason"]
+        )
+    if e["type"] == "gap":
+        return Gap(
+            e["connection"], _time(e["started_at"]), _time(e["ended_at"]), e["segments"], e["reason"],
+            e.get("instruments", []),
+        )  # fmt: skip
+    raise ValueError(f"unknown event type {e['type']!r}")
 
 
 class Writer:
-    """Accepts feed events and stores them exactly once."""
+    """Stores one journal's records, exactly once."""
 
     def __init__(
         self,
+        directory: Path,
         *,
+        connection: int,
         connect: Connect,
-        metrics: Metrics,
-        spool: Spool,
-        market: MarketState | None = None,
-        queue_max_frames: int = 10_000,
+        metrics: SinkMetrics,
         max_batch_rows: int = 5_000,
-        flush_interval_s: float = 0.5,
-        max_pending_rows: int = 500_000,
-        spill_after_s: float = 5.0,
+        grow_factor: int = 10,
+        flush_interval_s: float = 0.1,
+        poll_interval_s: float = 0.01,
+        read_bytes: int = 512 * 1024,
         backoff: Callable[[], Iterator[float]] = lambda: full_jitter(base_s=0.5, cap_s=10.0),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.directory = directory
+        self.connection = connection
+        self._label = str(connection)
         self._connect = connect
         self._metrics = metrics
         self._store = BatchStore(metrics)
-        self._spool = spool
-        self._market = market or MarketState()
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_max_frames)
-        self._batcher = Batcher(max_batch_rows=max_batch_rows, flush_interval_s=flush_interval_s)
-        self._sequencer = TickSequencer()
-        self._pending: deque[Batch] = deque()
-        self._pending_rows = 0
-        self._max_pending_rows = max_pending_rows
-        self._spill_after_s = spill_after_s
+        self.max_batch_rows = max_batch_rows
+        self.grow_factor = grow_factor
+        self.flush_interval_s = flush_interval_s
+        self.poll_interval_s = poll_interval_s
+        self.read_bytes = read_bytes
         self._backoff = backoff
         self._clock = clock
+        self.journal = journal_id(directory)
+        self._reader = JournalReader(directory)
         self._conn: asyncpg.Connection | None = None
-        self._db_up = False
-        self._flushing = False
-        self._wake = asyncio.Event()
-        self._spool_space = asyncio.Event()
-        self.oldest_committed: datetime | None = None  # earliest tick time since last taken
-        self._publish_spool()
+        self._db_up: bool | None = None
+        self.committed = -1  # the committed position, once known
+        self.caught_up = asyncio.Event()  # set while everything on disk is committed
 
-    # -- feed side ----------------------------------------------------------------------
+    # -- lifecycle --------------------------------------------------------------------
 
-    async def deliver(self, event: Event) -> None:
-        """Hand an event over; waits only when the bounded queue is full."""
-        await self.queue.put(event)
+    async def run(self, drain: asyncio.Event | None = None) -> None:
+        """Store records until cancelled; once ``drain`` is set, return when all are stored.
 
-    # -- lifecycle -------------------------------------------------------------------
-
-    async def seed(self, timeout_s: float = 30.0) -> None:
-        """Continue the snapshot/volume rule from the latest stored tick of today."""
-        now = datetime.now(UTC)
-        day_start = datetime.combine((now + IST).date(), datetime.min.time(), UTC) - IST
-        try:
-            conn = await self._connection()
-            rows = await conn.fetch(
-                "SELECT DISTINCT ON (instrument_key) instrument_key, time, ltp, vtt FROM ticks "
-                "WHERE time >= $1 ORDER BY instrument_key, time DESC, received_at DESC",
-                day_start,
-                timeout=timeout_s,
-            )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            logger.warning("could not read today's latest ticks (%s); starting without them", exc)
-            await self._drop_connection()
-            self._seed_from_spool()
-            return
-        for r in rows:
-            self._sequencer.seed(r["instrument_key"], r["time"], r["ltp"], r["vtt"])
-        logger.info("continuing from the latest ticks of %d instruments", len(rows))
-        self._seed_from_spool()
-
-    def _seed_from_spool(self) -> None:
-        # A spool left by a crash is newer than the database: without this, the
-        # snapshot after reconnecting would repeat ticks that wait in the spool.
-        if not len(self._spool):
-            return
-        for batch in self._spool.iter_batches():
-            for t in batch.ticks:
-                self._sequencer.seed(t.instrument_key, t.time, t.ltp, t.vtt)
-
-    async def run(self) -> None:
-        """Run intake and flusher until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._intake())
-            tg.create_task(self._flusher())
-
-    async def close(self) -> None:
-        """Close the database connection (after ``run`` was cancelled)."""
-        await self._drop_connection()
-
-    async def drain(self, timeout_s: float) -> bool:
-        """After the feed stopped: store everything accepted, within ``timeout_s``.
-
-        What cannot be committed in time goes to the spool. Returns True when
-        everything was committed.
+        Never swallows its own cancellation: shutdown can always stop it.
         """
-        deadline = self._clock() + timeout_s
-        # A cancelled run() may have left the connection inside a transaction.
-        await self._drop_connection()
-        while not self.queue.empty():
-            self._accept(self.queue.get_nowait())
-        self._seal()
-        while (self._pending or len(self._spool)) and self._clock() < deadline:
-            try:
-                await asyncio.wait_for(self._flush_one(), max(deadline - self._clock(), 0.01))
-            except TimeoutError:
-                break
-            except Exception as exc:  # the database is away: spill below
-                logger.warning("drain: %s", exc)
-                break
-        self._spill_all()
-        await self._drop_connection()
-        return not self._pending and not len(self._spool)
-
-    # -- intake ----------------------------------------------------------------------
-
-    async def _intake(self) -> None:
-        tick_s = min(self._batcher.flush_interval_s, 0.1)
-        while True:
-            try:
-                event = await asyncio.wait_for(self.queue.get(), tick_s)
-            except TimeoutError:
-                event = None
-            if event is not None:
-                self._accept(event)
-                # Take what else is already queued without yielding per item.
-                for _ in range(min(self.queue.qsize(), 1000)):
-                    self._accept(self.queue.get_nowait())
-            self._metrics.queue_depth.set(self.queue.qsize())
-            now = self._clock()
-            if self._should_seal(now):
-                self._seal()
-            if not self._db_up or self._pending_rows > self._max_pending_rows:
-                # Away, or up but slower than the feed: memory stays bounded either way.
-                self._maybe_spill(now)
-            while self._spool_full():
-                # Accepted data is never dropped: stop taking more until the spool drains.
-                logger.error("spool full (%d bytes); pausing intake", self._spool.bytes)
-                self._spool_space.clear()
-                await self._spool_space.wait()
-
-    def _should_seal(self, now: float) -> bool:
-        # While a write is in flight the open batch keeps growing, up to ten
-        # times max_batch_rows: under load, fewer and larger COPYs make fewer
-        # round trips, which is what lets the writer catch up.
-        busy = self._flushing and self._db_up
-        if self._batcher.tick_rows >= self._batcher.max_batch_rows * (10 if busy else 1):
-            return True
-        return self._batcher.due(now) and not busy
-
-    def _accept(self, event: Event) -> None:
-        now = self._clock()
-        if isinstance(event, Frame):
-            changed = self._market.update(event.statuses)
-            for s in changed:
-                self._metrics.set_market_status(s.segment, s.status, self._market.is_open(s.segment))
-            if event.ticks:
-                before = self._sequencer.duplicates
-                ticks = self._sequencer.process(event.ticks)
-                self._metrics.duplicates.labels("snapshot").inc(self._sequencer.duplicates - before)
-                lag = (event.ticks[0].received_at - event.feed_time).total_seconds()
-                self._metrics.exchange_latency.observe(max(lag, 0.0))
-                ticks_by_kind: dict[str, int] = {}
-                for t in ticks:
-                    ticks_by_kind[t.kind] = ticks_by_kind.get(t.kind, 0) + 1
-                for kind, n in ticks_by_kind.items():
-                    self._metrics.ticks.labels(kind).inc(n)
-            else:
-                ticks = []
-            self._batcher.add(now, ticks, event.bars, changed)
-        elif isinstance(event, FeedSession):
-            self._batcher.add(now, sessions=[event])
-        elif isinstance(event, Gap):
-            self._batcher.add(now, gaps=[event])
-
-    def _seal(self) -> None:
-        batch = self._batcher.seal()
-        if batch is not None:
-            self._pending.append(batch)
-            self._pending_rows += batch.rows
-            self._metrics.pending_rows.set(self._pending_rows)
-            self._wake.set()
-
-    def _maybe_spill(self, now: float) -> None:
-        """While the database is away, move what waits too long (or too much) to disk."""
-        if self._batcher.age(now) > self._spill_after_s:
-            self._seal()
-        if self._pending and (
-            self._pending_rows > self._max_pending_rows
-            or now - self._pending[0].opened_at > self._spill_after_s
-        ):
-            self._spill_all()
-
-    def _spill_all(self) -> None:
-        self._seal()
-        while self._pending:
-            batch = self._pending[0]
-            try:
-                self._spool.append(batch)
-            except SpoolFullError:
-                break
-            self._pending.popleft()
-            self._pending_rows -= batch.rows
-        self._metrics.pending_rows.set(self._pending_rows)
-        self._publish_spool()
-
-    def _spool_full(self) -> bool:
-        return (
-            self._pending_rows > self._max_pending_rows and self._spool.bytes >= self._spool.max_bytes * 0.99
-        )
-
-    def _publish_spool(self) -> None:
-        self._metrics.spool_bytes.set(self._spool.bytes)
-        self._metrics.spool_rows.set(self._spool.rows)
-
-    # -- flusher ---------------------------------------------------------------------
-
-    async def _flusher(self) -> None:
+        drain = drain or asyncio.Event()
         delays = self._backoff()
-        while True:
-            if not self._pending and not len(self._spool):
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            try:
-                await self._flush_one()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                self._metrics.write_failures.labels("transient").inc()
-                self._set_db_up(False)
-                await self._drop_connection()
-                delay = next(delays)
-                logger.warning("write failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            delays = self._backoff()
-
-    async def _flush_one(self) -> None:
-        from_spool = bool(len(self._spool))
-        batch = self._spool.peek() if from_spool else self._pending[0]
-        if batch is None:  # spool counted a torn record only
-            return
-        self._flushing = True
         try:
-            conn = await self._connection()
-            started = self._clock()
-            committed = await self._store.write(conn, batch)
-            self._metrics.copy_seconds.observe(self._clock() - started)
+            while True:
+                try:
+                    await self._session(drain)
+                    return
+                except TRANSIENT as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from exc  # asyncpg may report a cancel as its own error
+                    if not isinstance(exc, PositionConflict):
+                        self._metrics.write_failures.labels("transient").inc()
+                        self._set_db_up(False)
+                    await self._drop_connection()
+                    delay = next(delays)
+                    logger.warning(
+                        "connection %s: write failed (%s: %s); reloading from the journal in %.1fs",
+                        self.connection, type(exc).__name__, exc, delay,
+                    )  # fmt: skip
+                    if drain.is_set() and isinstance(exc, OSError | TimeoutError):
+                        delay = min(delay, 1.0)
+                    await asyncio.sleep(delay)
         finally:
-            self._flushing = False
-        self._set_db_up(True)
-        if from_spool:
-            self._spool.ack()
-            self._publish_spool()
-            if committed:
-                self._metrics.replayed.inc(batch.rows)
-            self._spool_space.set()
-        else:
-            self._pending.popleft()
-            self._pending_rows -= batch.rows
-            self._metrics.pending_rows.set(self._pending_rows)
-        if not committed:
-            self._metrics.duplicates.labels("batch").inc()
-            return
-        self._metrics.batches.inc()
-        self._metrics.batch_rows.observe(len(batch.ticks))
-        if batch.ticks:
-            oldest = min(t.received_at for t in batch.ticks)
-            self._metrics.commit_latency.observe(max((datetime.now(UTC) - oldest).total_seconds(), 0.0))
-            first = min(t.time for t in batch.ticks)
-            if self.oldest_committed is None or first < self.oldest_committed:
-                self.oldest_committed = first
-
-    def take_oldest_committed(self) -> datetime | None:
-        """The earliest tick time committed since the last call (for candle refresh)."""
-        value, self.oldest_committed = self.oldest_committed, None
-        return value
-
-    def _set_db_up(self, up: bool) -> None:
-        if up != self._db_up:
-            logger.info("database %s", "reachable" if up else "unreachable")
-        self._db_up = up
-        self._metrics.database_up.set(1 if up else 0)
+            await self._drop_connection()
+            self._reader.close()
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -333,6 +151,190 @@ class Writer:
         return self._conn
 
     async def _drop_connection(self) -> None:
+        # terminate(), not close(): never wait on a server that may be gone.
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             conn.terminate()
+
+    def _set_db_up(self, up: bool) -> None:
+        if up != self._db_up:
+            logger.info("connection %s: database %s", self.connection, "reachable" if up else "unreachable")
+        self._db_up = up
+        self._metrics.database_up.set(1 if up else 0)
+
+    # -- one database session ---------------------------------------------------------
+
+    async def _session(self, drain: asyncio.Event) -> None:
+        conn = await self._connection()
+        oldest = self._reader.seek(0)
+        position, state = await self._store.load(conn, self.journal, self.connection, oldest)
+        self._set_db_up(True)
+        self.committed = self._reader.seek(position)
+        self._release()
+        sequencer = TickSequencer()
+        market = MarketState()
+        if state is None:
+            await self._seed(conn, sequencer)
+        else:
+            saved = json.loads(state)
+            sequencer.load(saved["ticks"])
+            market.status = dict(saved.get("market", {}))
+        batcher = Batcher(max_batch_rows=self.max_batch_rows, flush_interval_s=self.flush_interval_s)
+        start = end = self.committed
+        first_ns = 0
+        inflight: asyncio.Task[None] | None = None
+        batch: Batch | None = None
+        try:
+            while True:
+                records = self._reader.read(self.read_bytes)
+                self._report_skipped()
+                if records:
+                    if not first_ns:
+                        first_ns = records[0].time_ns
+                    self._add(records, batcher, sequencer, market)
+                    end = records[-1].end
+                elif end < self._reader.position:
+                    end = self._reader.position  # only corruption was skipped: commit past it
+                if inflight is not None and inflight.done():
+                    inflight.result()  # a failure raises here, and the session starts over
+                    assert batch is not None
+                    self._committed(batch)
+                    inflight = batch = None
+                now = self._clock()
+                if inflight is None and end > start and self._due(batcher, now, first_ns):
+                    batch = batcher.seal() or Batch()
+                    batch.journal, batch.start, batch.end = self.journal, start, end
+                    batch.first_received_ns = first_ns
+                    batch.state = json.dumps({"ticks": sequencer.dump(), "market": market.status}).encode()
+                    inflight = asyncio.create_task(self._store.write(conn, batch))
+                    start, first_ns = end, 0
+                if records:
+                    if inflight is not None and batcher.tick_rows >= self.max_batch_rows * self.grow_factor:
+                        await asyncio.wait({inflight})  # full: let the journal hold the rest
+                    else:
+                        await asyncio.sleep(0)  # let the write in flight move
+                    continue
+                # Caught up with the journal for now.
+                idle = inflight is None and end == start
+                if idle:
+                    if self._reader.position >= self._reader.end():
+                        self.caught_up.set()
+                        if drain.is_set():
+                            return
+                else:
+                    self.caught_up.clear()
+                waits: set[asyncio.Future[Any]] = set()
+                if inflight is not None:
+                    waits.add(inflight)
+                timeout = self.poll_interval_s
+                if drain.is_set() and inflight is None and end > start:
+                    timeout = 0  # draining: no reason to linger
+                await asyncio.wait(waits, timeout=timeout) if waits else await asyncio.sleep(timeout)
+        finally:
+            if inflight is not None and not inflight.done():
+                # Abort the socket first: a cancelled asyncpg call can otherwise
+                # wait forever (MagicStack/asyncpg#873). Then wait, but bounded.
+                await self._drop_connection()
+                inflight.cancel()
+                await asyncio.wait({inflight}, timeout=5.0)
+
+    def _due(self, batcher: Batcher, now: float, first_ns: int) -> bool:
+        if batcher.tick_rows >= self.max_batch_rows:
+            return True
+        if len(batcher) == 0:
+            return True  # only positions (events nobody stores, skipped corruption) to commit
+        return batcher.age(now) >= self.flush_interval_s
+
+    def _committed(self, batch: Batch) -> None:
+        self.committed = batch.end
+        m = self._metrics
+        m.batches.inc()
+        m.batch_rows.observe(len(batch.ticks))
+        if batch.first_received_ns:
+            m.commit_latency.observe(max(time.time() - batch.first_received_ns / 1e9, 0.0))
+        m.journal_committed.labels(self._label).set(batch.end)
+        m.journal_lag.labels(self._label).set(max(self._reader.end() - batch.end, 0))
+        freed = self._release()
+        if freed:
+            logger.debug("connection %s: %d journal bytes released", self.connection, freed)
+
+    def _release(self) -> int:
+        freed = self._reader.release(self.committed)
+        self._metrics.journal_bytes.labels(self._label).set(self._reader.disk_bytes())
+        return freed
+
+    def _report_skipped(self) -> None:
+        skipped, self._reader.skipped = self._reader.skipped, []
+        for position, size in skipped:
+            self._metrics.journal_skipped.labels(self._label).inc()
+            self._metrics.journal_skipped_bytes.labels(self._label).inc(size)
+            logger.error(
+                "connection %s: journal %s: %d corrupt or torn bytes skipped at position %d",
+                self.connection, self.directory, size, position,
+            )  # fmt: skip
+
+    async def _seed(self, conn: asyncpg.Connection, sequencer: TickSequencer) -> None:
+        """A journal seen for the first time continues from today's latest stored ticks."""
+        now = datetime.now(UTC)
+        day_start = datetime.combine((now + IST).date(), datetime.min.time(), UTC) - IST
+        rows = await conn.fetch(
+            "SELECT DISTINCT ON (instrument_key) instrument_key, time, ltp, vtt FROM ticks "
+            "WHERE time >= $1 ORDER BY instrument_key, time DESC, received_at DESC",
+            day_start,
+        )
+        for r in rows:
+            sequencer.seed(r["instrument_key"], r["time"], r["ltp"], r["vtt"])
+        if rows:
+            logger.info(
+                "connection %s: continuing from the latest ticks of %d instruments",
+                self.connection,
+                len(rows),
+            )
+
+    # -- decoding ---------------------------------------------------------------------
+
+    def _add(
+        self, records: list[Record], batcher: Batcher, sequencer: TickSequencer, market: MarketState
+    ) -> None:
+        now = self._clock()
+        kinds: Counter[str] = Counter()
+        duplicates = sequencer.duplicates
+        m = self._metrics
+        for rec in records:
+            if rec.kind == FRAME:
+                received_at = _EPOCH + timedelta(microseconds=rec.time_ns // 1000)
+                try:
+                    frame = decode_frame(rec.payload, received_at)
+                except DecodeError as exc:
+                    m.decode_errors.labels(self._label).inc()
+                    logger.warning(
+                        "connection %s: undecodable frame at %d: %s", self.connection, rec.end, exc
+                    )
+                    reject = json.dumps({"position": rec.end, "received_at": received_at.isoformat(),
+                                         "frame_hex": rec.payload[:65536].hex()})  # fmt: skip
+                    batcher.add(now, rejects=[("frames", str(exc)[:1000], reject)])
+                    continue
+                changed: list[StatusChange] = market.update(frame.statuses) if frame.statuses else []
+                if frame.ticks:
+                    ticks = sequencer.process(frame.ticks)
+                    for t in ticks:
+                        kinds[t.kind] += 1
+                    m.exchange_latency.observe(max((received_at - frame.feed_time).total_seconds(), 0.0))
+                else:
+                    ticks = []
+                batcher.add(now, ticks, frame.bars, changed)
+            elif rec.kind == EVENT:
+                try:
+                    event = event_record(rec.payload)
+                except (ValueError, KeyError, TypeError) as exc:
+                    logger.error("connection %s: bad event record at %d: %s", self.connection, rec.end, exc)
+                    continue
+                if isinstance(event, Gap):
+                    batcher.add(now, gaps=[event])
+                else:
+                    batcher.add(now, sessions=[event])
+            # TEXT records are server messages: counted and logged by the feed, kept in the journal.
+        for kind, n in kinds.items():
+            m.ticks.labels(kind).inc(n)
+        if sequencer.duplicates != duplicates:
+            m.duplicates.labels("snapshot").inc(sequencer.duplicates - duplicates)

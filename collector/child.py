@@ -1,0 +1,74 @@
+"""What every child process does before its own work, and how it ends.
+
+A child (``python -m collector.feed.process`` or ``collector.sink.process``)
+dies with its supervisor (``PR_SET_PDEATHSIG``, and the end of its stdin), so
+a killed collector never leaves a stray writer on a journal. It ignores
+SIGINT (a terminal's Ctrl-C reaches the supervisor, which orchestrates the
+shutdown) and treats SIGTERM as "stop now". Its first stdin line is its spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from collector.channel import Channel, stdio_channel
+from collector.exceptions import CollectorError, ConfigError
+
+__all__ = ["ChildMain", "run_child"]
+
+logger = logging.getLogger(__name__)
+
+# main(spec, channel, stop) -> exit status
+ChildMain = Callable[[dict[str, Any], Channel, asyncio.Event], Awaitable[int]]
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the end of stdin still stops us
+        return
+    if os.getppid() == 1:
+        os._exit(1)  # the supervisor died before we could ask
+
+
+def run_child(name: str, main: ChildMain) -> None:
+    """Run ``main`` as a child process named ``name`` (for logs)."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(asyncio.run(_run(name, main)))
+
+
+async def _run(name: str, main: ChildMain) -> int:
+    channel = await stdio_channel()
+    spec = await channel.receive()
+    if spec is None:
+        return 1
+    logging.basicConfig(
+        level=spec.get("log_level", "INFO"),
+        format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if spec.get("metrics_dir"):
+        from collector.metrics import use_multiprocess
+
+        use_multiprocess(Path(spec["metrics_dir"]))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        return await main(spec, channel, stop)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    except CollectorError as exc:
+        logger.error("%s", exc)
+        return 1

@@ -1,0 +1,100 @@
+"""The writer process of one connection: journal in, TimescaleDB out.
+
+Started by the supervisor as ``python -m collector.sink.process``; the
+database URL comes in its spec on stdin. It runs at a lower CPU priority
+(``nice`` +5) than the feed processes: when the machine is saturated, reading
+the sockets comes first and the journal absorbs the difference. Messages:
+``drain`` (store everything on disk, then exit) and ``stop`` (exit now; what
+is not committed stays in the journal for the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+
+from collector.channel import Channel
+from collector.child import run_child
+from collector.feed.journal import lock_file
+from collector.metrics import SinkMetrics
+from collector.sink.writer import Writer
+
+__all__ = ["SinkSpec", "main"]
+
+logger = logging.getLogger(__name__)
+NICE = 5
+
+
+@dataclass
+class SinkSpec:
+    """What the supervisor tells a writer process."""
+
+    connection: int
+    journal_dir: str
+    max_batch_rows: int = 5_000
+    flush_interval_s: float = 0.1
+    log_level: str = "INFO"
+    metrics_dir: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> int:
+    spec = SinkSpec(**raw["sink"])
+    dsn: str = raw["database_url"]
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
+    directory = Path(spec.journal_dir)
+    lock = lock_file(directory / "sink.lock", "journal writer")
+    metrics = SinkMetrics(CollectorRegistry(), connection=spec.connection)
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, timeout=10, command_timeout=300)
+
+    writer = Writer(
+        directory,
+        connection=spec.connection,
+        connect=connect,
+        metrics=metrics,
+        max_batch_rows=spec.max_batch_rows,
+        flush_interval_s=spec.flush_interval_s,
+    )
+    drain = asyncio.Event()
+
+    async def control() -> None:
+        while (message := await channel.receive()) is not None:
+            if message["op"] == "drain":
+                logger.info("draining the journal into the database")
+                drain.set()
+            elif message["op"] == "stop":
+                return
+
+    run = asyncio.create_task(writer.run(drain), name="writer")
+    others = [asyncio.create_task(control(), name="control"), asyncio.create_task(stop.wait(), name="signal")]
+    try:
+        done, _ = await asyncio.wait([run, *others], return_when=asyncio.FIRST_COMPLETED)
+        if run in done:
+            run.result()
+            logger.info("everything in the journal is committed (position %d)", writer.committed)
+    finally:
+        for task in (run, *others):
+            task.cancel()
+        # The writer aborts its database socket when cancelled; never wait on it unbounded.
+        await asyncio.wait([run, *others], timeout=5.0)
+        os.close(lock)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    run_child(f"sink {sys.argv[-1]}", main)

@@ -1,0 +1,198 @@
+"""Read a connection's journal from a committed position onwards, as it grows.
+
+The writer seeks to the position the database says is committed and reads
+records in order, never past what the feed has written. At the end of the
+newest segment an incomplete record is waited for; at the end of an older
+one it is torn (the feed died mid-write) and skipped. Corrupt stretches are
+skipped up to the next record that checks out; each skip is reported with its
+position (:attr:`JournalReader.skipped`). Segments wholly before the committed
+position are deleted (:meth:`JournalReader.release`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+from pathlib import Path
+
+from collector.journal import HEADER, MAX_RECORD_BYTES, Record, scan, segment_position
+
+__all__ = ["JournalReader"]
+
+logger = logging.getLogger(__name__)
+
+
+class JournalReader:
+    """Tails one journal folder."""
+
+    def __init__(self, directory: Path, *, chunk_bytes: int = 4 * 1024 * 1024) -> None:
+        self.directory = directory
+        self.chunk_bytes = chunk_bytes
+        self.position = 0  # the next byte to read
+        self.skipped: list[tuple[int, int]] = []  # corrupt or torn stretches, taken by the caller
+        self._segments: list[int] = []
+        self._fd: int | None = None
+        self._fd_base = -1
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._fd_base = -1
+
+    # -- segments ---------------------------------------------------------------------
+
+    def _path(self, base: int) -> Path:
+        return self.directory / f"{base:020d}.journal"
+
+    def _list(self) -> list[int]:
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.directory):
+                pos = segment_position(entry.name)
+                if pos is not None:
+                    found.append(pos)
+        self._segments = sorted(found)
+        return self._segments
+
+    def end(self) -> int:
+        """The position after the last byte on disk (what the feed has written)."""
+        segments = self._list()
+        if not segments:
+            return self.position
+        last = segments[-1]
+        try:
+            return last + self._path(last).stat().st_size
+        except FileNotFoundError:
+            return self.position
+
+    def disk_bytes(self) -> int:
+        """Bytes of every segment still on disk."""
+        total = 0
+        for base in self._list():
+            with contextlib.suppress(FileNotFoundError):
+                total += self._path(base).stat().st_size
+        return total
+
+    def seek(self, position: int) -> int:
+        """Read from ``position`` on; returns where reading really starts.
+
+        A position before the oldest segment (its data was deleted, e.g. the
+        database was restored from an older backup) starts at the oldest one.
+        """
+        segments = self._list()
+        if segments and position < segments[0]:
+            logger.error(
+                "journal %s: position %d is no longer on disk; resuming at %d",
+                self.directory,
+                position,
+                segments[0],
+            )
+            self.skipped.append((position, segments[0] - position))
+            position = segments[0]
+        self.position = position
+        self.close()
+        return position
+
+    def _segment_of(self, position: int) -> int | None:
+        base = None
+        for b in self._segments:
+            if b <= position:
+                base = b
+            else:
+                break
+        return base
+
+    # -- reading ----------------------------------------------------------------------
+
+    def read(self, max_bytes: int | None = None) -> list[Record]:
+        """Records from the current position, up to about ``max_bytes``; [] when caught up."""
+        want = max_bytes or self.chunk_bytes
+        for _ in range(4):  # at most a few segment boundaries per call
+            if not self._segments or self._segment_of(self.position) is None or self._fd is None:
+                self._list()
+            base = self._segment_of(self.position)
+            if base is None:
+                if self._segments and self._segments[0] > self.position:
+                    self.seek(self.position)  # a hole before the first segment
+                    continue
+                return []
+            records = self._read_segment(base, want, final=False)
+            if records:
+                return records
+            # Nothing more here right now. If a newer segment exists this one is
+            # finished (the feed never writes to an old segment again): take what
+            # is left as final, then move on.
+            newer = [b for b in self._list() if b > base]
+            if not newer:
+                return []
+            records = self._read_segment(base, want, final=True)
+            if records:
+                return records
+            size = self._size(base)
+            seg_end = base + size
+            if self.position < seg_end:
+                continue  # more final data (e.g. a long corrupt stretch was just skipped)
+            if newer[0] > seg_end:
+                self.skipped.append((seg_end, newer[0] - seg_end))
+            self.position = newer[0]
+            self.close()
+        return []
+
+    def _size(self, base: int) -> int:
+        try:
+            return self._path(base).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _read_segment(self, base: int, want: int, *, final: bool) -> list[Record]:
+        if self._fd_base != base:
+            self.close()
+            try:
+                self._fd = os.open(self._path(base), os.O_RDONLY)
+            except FileNotFoundError:
+                self._list()
+                return []
+            self._fd_base = base
+        assert self._fd is not None
+        while True:
+            data = os.pread(self._fd, want, self.position - base)
+            found = scan(data, self.position, final=final and len(data) < want)
+            self.skipped.extend(found.skipped)
+            self.position += found.consumed
+            if found.records:
+                return found.records
+            if found.consumed:
+                continue  # only corruption was skipped: look further
+            if len(data) < want or len(data) < HEADER.size:
+                return []
+            # A record larger than the read: read enough for it.
+            length = HEADER.unpack_from(data)[1]
+            want = min(max(want * 2, HEADER.size + length), HEADER.size + MAX_RECORD_BYTES)
+
+    # -- cleanup ----------------------------------------------------------------------
+
+    def release(self, committed: int) -> int:
+        """Delete segments that end at or before ``committed``; return bytes freed.
+
+        The newest segment is never deleted: the feed may still append to it.
+        """
+        segments = self._list()
+        freed = 0
+        for base, following in itertools.pairwise(segments):
+            if following > committed:
+                break
+            path = self._path(base)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            if self._fd_base == base:
+                self.close()
+            freed += size
+        if freed:
+            self._list()
+        return freed
