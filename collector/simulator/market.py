@@ -5,6 +5,12 @@ time (``ltt``, one millisecond apart at least) and, where the mode has it, a
 strictly increasing cumulative volume (``vtt``). Together with the per
 instrument counts in ``stats`` a test can count lost and duplicated ticks
 exactly.
+
+Every trade also lands in the instrument's 1-minute candle (``candles``):
+open/close are the minute's first/last trade price, high/low its extremes,
+volume the sum of its trade quantities, oi the open interest after its last
+trade. That is exactly what the collector computes from the ticks of a minute
+it saw completely, so a backfilled candle can be compared with ours.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import Any
 from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.records import Mode
 
-__all__ = ["Instrument", "SimMarket", "generate_master"]
+__all__ = ["Candle", "Instrument", "SimMarket", "generate_master"]
 
 IST = timedelta(hours=5, minutes=30)
+# (minute start in epoch ms, open, high, low, close, volume, oi)
+Candle = tuple[int, float, float, float, float, int, float]
 INDICES = {
     # underlying symbol -> (index key name, starting level, lot size)
     "NIFTY": ("Nifty 50", 24000.0, 75),
@@ -166,13 +174,24 @@ class Instrument:
     bar: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     bar_vol: int = 0
     sent: int = 0  # live ticks delivered to a socket
+    history: dict[int, Candle] = field(default_factory=dict)  # finished minutes
 
 
 class SimMarket:
     """Random-walk prices for every instrument of a master."""
 
-    def __init__(self, master: list[dict[str, Any]], *, seed: int = 1, start_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        master: list[dict[str, Any]],
+        *,
+        seed: int = 1,
+        start_ms: int | None = None,
+        history_minutes: int = 1440,
+    ) -> None:
         self.rng = random.Random(seed)
+        # Finished candles kept per instrument (the oldest go first): a simulator that runs
+        # for weeks must not grow without bound; a day covers any gap a test or demo makes.
+        self.history_minutes = history_minutes
         start = start_ms if start_ms is not None else int(datetime.now(UTC).timestamp() * 1000)
         self.instruments: dict[str, Instrument] = {}
         for row in master:
@@ -194,13 +213,19 @@ class SimMarket:
             inst.ltp = max(round(inst.ltp + step, 2), 0.05)
         # Strictly increasing trade time: the per-instrument sequence.
         inst.ltt = max(now_ms, inst.ltt + 1)
+        minute = inst.ltt - inst.ltt % 60000
+        if minute != inst.bar_start and not first:
+            # The minute is over: keep its candle (oi as its last trade left it).
+            o, h, lo, c = inst.bar
+            inst.history[inst.bar_start] = (inst.bar_start, o, h, lo, c, inst.bar_vol, inst.oi)
+            if len(inst.history) > self.history_minutes:
+                del inst.history[next(iter(inst.history))]
         if inst.is_index:
             inst.ltq = 0
         else:
             inst.ltq = inst.lot * self.rng.randint(1, 10)
             inst.vtt += inst.ltq
             inst.oi = max(inst.oi + self.rng.randint(-5, 5) * inst.lot, 0.0)
-        minute = inst.ltt - inst.ltt % 60000
         if first:
             inst.day_open = inst.day_high = inst.day_low = inst.ltp
         inst.day_high = max(inst.day_high, inst.ltp)
@@ -220,6 +245,19 @@ class SimMarket:
         inst = self.instruments[key]
         self._trade(inst, now_ms)
         return inst
+
+    def candles(self, key: str, start_ms: int, end_ms: int) -> list[Candle]:
+        """1-minute candles of ``key`` starting in [start_ms, end_ms), oldest first.
+
+        Minutes without a trade have no candle. The current minute's candle is
+        included as it stands (it changes until the minute is over).
+        """
+        inst = self.instruments[key]
+        out = [c for m, c in inst.history.items() if start_ms <= m < end_ms]
+        if start_ms <= inst.bar_start < end_ms:
+            o, h, lo, c = inst.bar
+            out.append((inst.bar_start, o, h, lo, c, inst.bar_vol, inst.oi))
+        return sorted(out)
 
     def fill(self, feed: pb.Feed, inst: Instrument, mode: Mode) -> None:
         """Write an instrument's current state into ``feed`` in ``mode``."""

@@ -4,12 +4,23 @@ One port serves everything, over TLS when given an SSL context:
 
 - ``GET /v3/feed/market-data-feed/authorize`` checks the Bearer token and
   returns a one-time ``wss``/``ws`` URL (``code`` valid for one connect);
+- ``GET /v3/historical-candle/intraday/{key}/minutes/1`` and
+  ``GET /v3/historical-candle/{key}/minutes/1/{to_date}/{from_date}`` the
+  1-minute candles of what the market traded (:mod:`.candles`);
+- ``GET /v2/market/holidays`` the holiday list it was given;
 - ``GET /market-quote/instruments/exchange/complete.json.gz`` the master;
-- ``GET /simulator/stats`` per-instrument counts for exact loss checks;
+- ``GET /simulator/stats`` per-instrument counts for exact loss checks, and
+  REST requests per API with the most seen in any 1 s / 60 s / 30 min window;
 - ``GET /simulator/fault?kind=...`` fault injection for a separate process;
 - the feed socket: ``market_info`` first, an ``initial_feed`` snapshot after
   each ``sub``/``change_mode``, then ``live_feed`` frames batching many
   instruments, at ``rate`` ticks per second shared by all connections.
+
+The market keeps trading every key that was ever subscribed while no socket
+carries it (after a drop, or while the collector is stopped), at the same
+pace per key, so the candles of a gap's minutes exist; ``sent`` still counts
+only ticks delivered over a socket. A segment is closed while its status says
+so (:meth:`Simulator.set_market`) or its exchange has a holiday today (IST).
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from collector.metrics import SEGMENTS
 from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.protocol import DEFAULT_LIMITS, Limits, segment_of
 from collector.records import MODES, Mode
+from collector.simulator.candles import CANDLE_PREFIX, HOLIDAYS_PATH, CandleFault, RestApi, holiday_closed
 from collector.simulator.market import SimMarket, generate_master
 
 __all__ = ["FEED_PATH", "MASTER_PATH", "Simulator"]
@@ -77,6 +89,10 @@ class Simulator:
         limit_policy: LimitPolicy = "error",
         seed: int = 1,
         ping_interval_s: float | None = 20.0,
+        holidays: list[dict[str, Any]] | None = None,
+        start_ms: int | None = None,
+        candle_history_minutes: int = 1440,
+        replay_states: int = 0,
     ) -> None:
         self.host = host
         self.port = port
@@ -90,8 +106,11 @@ class Simulator:
         self.ping_interval_s = ping_interval_s
         master = generate_master(stocks)
         self.master = [{k: v for k, v in row.items() if not k.startswith("_")} for row in master]
-        self.market = SimMarket(master, seed=seed)
+        self.market = SimMarket(master, seed=seed, start_ms=start_ms, history_minutes=candle_history_minutes)
         self.segments: dict[str, int] = dict.fromkeys(SEGMENTS, pb.NORMAL_OPEN)
+        # Candles and holidays (Upstox's list items: {"date", "closed_exchanges", ...}).
+        self.api = RestApi(self.market, holidays or [])
+        self.rest = self.api.log  # when each REST request arrived, per API
         self.clients: list[_Client] = []
         self.codes: set[str] = set()
         self.authorize_calls = 0
@@ -99,6 +118,16 @@ class Simulator:
         self.snapshots_sent = 0
         self.request_delay_s = 0.0
         self._auth_faults: list[int] = []
+        # replay_states > 0: a benchmark mode. Each (key, mode) gets that many
+        # successive states, serialized once; live frames are then joined from
+        # them in turn, so serving costs next to nothing and a collector can be
+        # measured beyond what building protobuf messages in Python allows. Trade
+        # times repeat once the ring wraps: use it for throughput, not for checks.
+        self.replay_states = replay_states
+        self._replay: dict[tuple[str, str], tuple[list[bytes], list[int]]] = {}
+        self.traded: set[str] = set()  # every key ever subscribed: the market trades them
+        self._background_owed = 0.0
+        self._background: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._master_gz = gzip.compress(json.dumps(self.master).encode())
 
@@ -117,10 +146,15 @@ class Simulator:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+        self._background = asyncio.create_task(self._trade_unwatched(), name="simulator market")
         logger.info("simulator listening on %s", self.url)
 
     async def close(self) -> None:
         self.resume()
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -143,6 +177,38 @@ class Simulator:
     def fail_authorize(self, status: int, count: int = 1) -> None:
         """Answer the next ``count`` authorize calls with ``status`` (401, 403, 429, 500...)."""
         self._auth_faults.extend([status] * count)
+
+    def fail_candles(
+        self, status: int, count: int = 1, *, retry_after_s: float | None = None, key: str | None = None
+    ) -> None:
+        """Answer the next ``count`` candle requests (for ``key``, or any) with ``status``.
+
+        429 carries ``Retry-After`` when ``retry_after_s`` is given; 0 means
+        a success with no candles (``{"candles": []}``), as :meth:`empty_candles`.
+        """
+        self.api.candle_faults.extend([CandleFault(status, retry_after_s, key)] * count)
+
+    def empty_candles(self, count: int = 1, *, key: str | None = None) -> None:
+        """Answer the next ``count`` candle requests with success and no candles."""
+        self.fail_candles(0, count, key=key)
+
+    def fail_holidays(self, status: int, count: int = 1) -> None:
+        """Answer the next ``count`` holiday list requests with ``status``."""
+        self.api.holiday_faults.extend([status] * count)
+
+    def clear_faults(self) -> None:
+        """Forget every pending authorize, candle and holiday fault."""
+        self._auth_faults.clear()
+        self.api.candle_faults.clear()
+        self.api.holiday_faults.clear()
+
+    @property
+    def holidays(self) -> list[dict[str, Any]]:
+        return self.api.holidays
+
+    def set_holidays(self, holidays: list[dict[str, Any]]) -> None:
+        """Replace the holiday list (Upstox's item shape); takes effect at once."""
+        self.api.holidays = list(holidays)
 
     async def drop(self, code: int = 1006, reason: str = "") -> None:
         """Close every connection: 1006 aborts TCP with no close frame."""
@@ -197,6 +263,9 @@ class Simulator:
             "authorize_calls": self.authorize_calls,
             "snapshots_sent": self.snapshots_sent,
             "subscriptions": [dict(c.subs) for c in self.clients],
+            "rest_requests": self.rest.counts(),
+            # Upstox's limits are per second, minute and 30 minutes.
+            "rest_max_per_window": {str(int(w)): self.rest.max_in_window(w) for w in (1.0, 60.0, 1800.0)},
         }
 
     async def _fault(self, query: dict[str, list[str]]) -> str:
@@ -216,7 +285,18 @@ class Simulator:
             # arg: SEGMENT=STATUS,SEGMENT=STATUS
             await self.set_market(dict(p.split("=", 1) for p in arg.split(",") if p))
         elif kind == "authorize":
-            self.fail_authorize(int(arg or 401))
+            self.fail_authorize(int(arg or 401), int(query.get("count", ["1"])[0]))
+        elif kind == "candles":
+            # arg: a status (429, 500, ...) or "empty"; retry_after, count and key are optional.
+            after = query.get("retry_after", [""])[0]
+            self.fail_candles(
+                0 if arg == "empty" else int(arg or 500), int(query.get("count", ["1"])[0]),
+                retry_after_s=float(after) if after else None, key=query.get("key", [None])[0],
+            )  # fmt: skip
+        elif kind == "holidays":
+            self.fail_holidays(int(arg or 500), int(query.get("count", ["1"])[0]))
+        elif kind == "clear":
+            self.clear_faults()
         elif kind == "slow":
             self.request_delay_s = float(arg or 1.0)
         elif kind == "rate":
@@ -228,18 +308,32 @@ class Simulator:
     # -- HTTP -------------------------------------------------------------------------
 
     @staticmethod
-    def _response(status: int, body: bytes, content_type: str = "application/json") -> Response:
+    def _response(
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        extra: Mapping[str, str] | None = None,
+    ) -> Response:
         headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        for name, value in (extra or {}).items():
+            headers[name] = value
         return Response(status, HTTPStatus(status).phrase, headers, body)
 
-    def _json(self, status: int, payload: object) -> Response:
-        return self._response(status, json.dumps(payload).encode())
+    def _json(self, status: int, payload: object, extra: Mapping[str, str] | None = None) -> Response:
+        return self._response(status, json.dumps(payload).encode(), extra=extra)
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
         query = parse_qs(parts.query)
         if parts.path == AUTHORIZE_PATH:
+            self.rest.record("authorize")
             return self._authorize(request)
+        if parts.path.startswith(CANDLE_PREFIX):
+            self.rest.record("candles")
+            return self._candles(request, parts.path)
+        if parts.path == HOLIDAYS_PATH or parts.path.startswith(HOLIDAYS_PATH + "/"):
+            self.rest.record("holidays")
+            return self._holidays(request, parts.path)
         if parts.path == MASTER_PATH:
             return self._response(200, self._master_gz, "application/gzip")
         if parts.path == "/simulator/stats":
@@ -274,16 +368,64 @@ class Simulator:
             200, {"status": "success", "data": {"authorized_redirect_uri": uri, "authorizedRedirectUri": uri}}
         )
 
+    def _unauthorized(self, request: Request) -> Response | None:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._json(401, {"status": "error", "errors": [{"errorCode": "UDAPI100050"}]})
+        return None
+
+    def _candles(self, request: Request, path: str) -> Response:
+        return self._unauthorized(request) or self._json(*self.api.candles(path, time.time()))
+
+    def _holidays(self, request: Request, path: str) -> Response:
+        return self._unauthorized(request) or self._json(*self.api.holiday_list(path))
+
     # -- the feed ---------------------------------------------------------------------
 
     def _market_info(self) -> bytes:
         msg = pb.FeedResponse(type=pb.market_info, currentTs=int(time.time() * 1000))
-        for segment, status in self.segments.items():
-            msg.marketInfo.segmentStatus[segment] = status  # type: ignore[assignment]
+        for segment in self.segments:
+            msg.marketInfo.segmentStatus[segment] = self._status(segment)  # type: ignore[assignment]
         return msg.SerializeToString()
 
+    def _status(self, segment: str) -> int:
+        """The segment's status: as set, but closed while its exchange has a holiday."""
+        status = self.segments.get(segment, pb.NORMAL_CLOSE)
+        if self.holidays and holiday_closed(self.holidays, segment, time.time()):
+            return pb.NORMAL_CLOSE
+        return status
+
     def _open(self, key: str) -> bool:
-        return self.segments.get(segment_of(key)) in (pb.NORMAL_OPEN, pb.PRE_OPEN_START, pb.CLOSING_START)
+        return self._status(segment_of(key)) in (pb.NORMAL_OPEN, pb.PRE_OPEN_START, pb.CLOSING_START)
+
+    async def _trade_unwatched(self) -> None:
+        """Trade the keys no socket carries now, at the pace a subscribed key trades.
+
+        A subscribed key trades ``rate / keys subscribed`` times a second; a
+        key subscribed once and unwatched now trades ``rate / keys ever
+        subscribed`` times, so a drop changes nothing about the market.
+        """
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.frame_interval_s)
+            now = time.monotonic()
+            elapsed, last = now - last, now
+            if not self.traded:
+                continue
+            watched = {k for c in self.clients for k in c.subs}
+            unwatched = [k for k in self.traded if k not in watched and self._open(k)]
+            if not unwatched:
+                self._background_owed = 0.0
+                continue
+            self._background_owed += self.rate * elapsed * len(unwatched) / len(self.traded)
+            n = int(self._background_owed)
+            self._background_owed -= n
+            now_ms = int(time.time() * 1000)
+            rng = self.market.rng
+            while n > 0:
+                chosen = rng.sample(unwatched, min(n, len(unwatched)))
+                n -= len(chosen)
+                for key in chosen:
+                    self.market.tick(key, now_ms)
 
     async def _handler(self, ws: ServerConnection) -> None:
         self.connections_total += 1
@@ -324,6 +466,7 @@ class Simulator:
         if method == "change_mode":
             known = [k for k in known if k in client.subs]
         accepted = self._within_limits(client, known, mode)
+        self.traded.update(accepted)
         if len(accepted) < len(known):
             if self.limit_policy == "close":
                 await client.ws.close(1008, "subscription limit exceeded")
@@ -380,9 +523,37 @@ class Simulator:
                 continue
             await self._send_live(client, keys, n)
 
+    def _replayed(self, key: str, mode: Mode, now_ms: int) -> bytes:
+        """The next pre-serialized state of ``key`` in ``mode``: one ``feeds`` map entry."""
+        ring = self._replay.get((key, mode))
+        if ring is None:
+            entries = []
+            for i in range(self.replay_states):
+                msg = pb.FeedResponse()  # no type, no currentTs: the bytes are the map entry alone
+                self.market.fill(msg.feeds[key], self.market.tick(key, now_ms + i), mode)
+                entries.append(msg.SerializeToString())
+            ring = self._replay[(key, mode)] = (entries, [0])
+        entries, cursor = ring
+        cursor[0] = (cursor[0] + 1) % len(entries)
+        return entries[cursor[0]]
+
     async def _send_live(self, client: _Client, keys: list[str], n: int) -> None:
         rng = self.market.rng
         now_ms = int(time.time() * 1000)
+        if self.replay_states:
+            head = pb.FeedResponse(type=pb.live_feed).SerializeToString()
+            tail = pb.FeedResponse(currentTs=now_ms).SerializeToString()
+            while n > 0:
+                chosen = rng.sample(keys, min(n, len(keys)))
+                n -= len(chosen)
+                frame = b"".join([head, *(self._replayed(k, client.subs[k], now_ms) for k in chosen), tail])
+                try:
+                    await client.ws.send(frame)
+                except ConnectionClosed:
+                    return
+                for key in chosen:
+                    self.market.instruments[key].sent += 1
+            return
         while n > 0:
             # A map holds each key once, so more ticks than keys take several frames.
             chosen = rng.sample(keys, min(n, len(keys)))
