@@ -1,7 +1,8 @@
 """Command line: ``collector run | migrate | instruments sync | simulate``.
 
 Settings come from ``COLLECTOR_*`` environment variables (see the README); a
-bad setting exits with status 2 and one line naming it. Signals are handled
+bad setting exits with status 2 and one line naming it, and so does an
+instrument master that ``instruments sync`` refuses or holds back. Signals are handled
 here only: the first SIGINT/SIGTERM starts a graceful shutdown, a second one
 exits at once.
 """
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from collector.exceptions import CollectorError, ConfigError
+from collector.master import MasterRejected
 from collector.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -36,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     inst_sub = inst.add_subparsers(dest="action", required=True)
     sync = inst_sub.add_parser("sync", help="load the instrument master into the instruments table")
     sync.add_argument("--source", help="URL or file of the gzipped JSON master (default: the setting)")
+    sync.add_argument(
+        "--force",
+        action="store_true",
+        help="make this master current even if it is much smaller than the last accepted one "
+        "(COLLECTOR_INSTRUMENTS_MIN_RATIO) or more than 10%% of its rows are unusable",
+    )
     sim = sub.add_parser("simulate", help="serve a local Upstox V3 stand-in")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8700)
@@ -43,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate", type=float, default=1000.0, help="ticks per second over all connections")
     sim.add_argument("--stocks", type=int, default=50, help="equities in the generated master")
     sim.add_argument("--max-connections", type=int, default=2)
+    sim.add_argument(
+        "--replay-states", type=int, default=0,
+        help="benchmarks: replay this many pre-built states per instrument instead of building each tick",
+    )  # fmt: skip
     sim.add_argument("--tls-cert", help="PEM certificate chain: serve https/wss")
     sim.add_argument("--tls-key", help="PEM private key for --tls-cert")
     return p
@@ -84,16 +96,22 @@ async def _migrate(settings: Settings) -> None:
     print(f"applied {len(applied)} migrations" if applied else "database is up to date")
 
 
-async def _sync(settings: Settings, source: str | None) -> None:
+async def _sync(settings: Settings, source: str | None, force: bool) -> int:
     from collector.db.connect import connect
-    from collector.db.instruments import load_master
+    from collector.db.instruments import read_master, store_master
 
+    # Judge the file before connecting: a refused one never reaches the database.
+    master = await asyncio.to_thread(read_master, source or settings.instruments_url, force=force)
     conn = await connect(settings.database_url.get_secret_value(), timeout=10)
     try:
-        rows = await load_master(conn, source or settings.instruments_url)
+        load = await store_master(conn, master, min_ratio=settings.instruments_min_ratio, force=force)
     finally:
         await conn.close()
-    print(f"stored {len(rows)} instruments")
+    if not load.current:
+        print(f"collector: {load.describe()}", file=sys.stderr)
+        return 2
+    print(load.describe())
+    return 0
 
 
 async def _simulate(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -111,6 +129,7 @@ async def _simulate(args: argparse.Namespace, stop: asyncio.Event) -> None:
         rate=args.rate,
         stocks=args.stocks,
         max_connections=args.max_connections,
+        replay_states=args.replay_states,
     )
     async with sim:
         print(f"simulator: COLLECTOR_UPSTOX_API_URL={sim.url}", flush=True)
@@ -129,13 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "instruments":
-            asyncio.run(_sync(settings, args.source))
+            return asyncio.run(_sync(settings, args.source, args.force))
         elif args.command == "run":
             from collector.app import run
 
             asyncio.run(_until_signalled(lambda stop: run(settings, stop=stop)))
     except ConfigError as exc:
         print(f"collector: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MasterRejected as exc:  # bad input, like a bad setting
+        print(f"collector: instrument master refused: {exc}", file=sys.stderr)
         return 2
     except CollectorError as exc:
         print(f"collector: {exc}", file=sys.stderr)

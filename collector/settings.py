@@ -7,21 +7,35 @@ then the defaults below. The README lists every setting.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from collector.calendar import parse_hours
+from collector.calendar import DEFAULT_HOURS, parse_hours
 from collector.exceptions import ConfigError
 from collector.records import Mode
 
 __all__ = ["Settings", "UniverseFilter", "load_settings"]
 
 DEFAULT_INSTRUMENTS_URL = "https://assets.upstox.com/market-quote/instruments/exchange/complete.json.gz"
+# No duration the collector waits for makes sense beyond a day; larger ones overflow timedelta.
+MAX_SECONDS = 86_400.0
+MAX_RETENTION_DAYS = 36_500
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 class UniverseFilter(BaseModel):
@@ -62,6 +76,8 @@ class Settings(BaseSettings):
     upstox_token: SecretStr | None = None
     upstox_token_file: Path | None = None
     instruments_url: str = DEFAULT_INSTRUMENTS_URL
+    # A new day's master with fewer rows than this share of the last accepted day's is held back.
+    instruments_min_ratio: float = Field(default=0.8, ge=0, le=1)
     subscriptions: dict[Mode, list[str]] = {}
     universe: list[UniverseFilter] = []
     connections: int = Field(default=2, ge=1, le=5)
@@ -105,31 +121,103 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL")
         return value
 
+    @field_validator("*")
+    @classmethod
+    def _finite(cls, value: Any, info: ValidationInfo) -> Any:
+        # Every float setting: pydantic lets "inf" through a gt=0 bound, and 1e300 s overflows timedelta.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if info.field_name and info.field_name.endswith("_s") and value > MAX_SECONDS:
+            raise ValueError(f"at most {MAX_SECONDS:.0f} seconds (a day)")
+        return value
+
+    @field_validator("retention_days")
+    @classmethod
+    def _days(cls, value: int | None) -> int | None:
+        if value is not None and value > MAX_RETENTION_DAYS:
+            raise ValueError(f"at most {MAX_RETENTION_DAYS} days")
+        return value
+
     @field_validator("market_hours")
     @classmethod
     def _hours(cls, value: dict[str, Any]) -> dict[str, Any]:
-        parse_hours(value)
+        unknown = sorted(set(value) - {*DEFAULT_HOURS, "*"})
+        if unknown:
+            raise ValueError(f"unknown exchange {unknown[0]!r} (one of {', '.join(DEFAULT_HOURS)} or *)")
+        for name, hours in parse_hours(value).items():
+            if hours.close is not None and hours.close <= hours.open:
+                raise ValueError(f"{name}: close must be after open (24:00 for midnight)")
         return value
 
     @field_validator("upstox_api_url", "instruments_url")
     @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://", "file://", "/")) and "://" in value:
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "instruments_url" and ("://" not in value or value.startswith("file://")):
+            return value  # a file: read (and judged) when the master is loaded
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a usable URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s):// URL")
+        return value
+
+    @field_validator("subscriptions")
+    @classmethod
+    def _keys(cls, value: dict[Mode, list[str]]) -> dict[Mode, list[str]]:
+        for mode, keys in value.items():
+            for key in keys:
+                segment, bar, identifier = key.partition("|")
+                if not (segment and bar and identifier.strip()):
+                    raise ValueError(f"{mode}: {key!r} is not an instrument key (SEGMENT|identifier)")
+        return value
+
+    @field_validator("journal_dir", "upstox_token_file")
+    @classmethod
+    def _path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Only what can never work: the folder or file may be created later.
+        if value is None:
+            return value
+        try:
+            if info.field_name == "upstox_token_file" and value.is_dir():
+                raise ValueError(f"{value} is a folder, not a file")
+            for parent in (value, *value.parents) if info.field_name == "journal_dir" else value.parents:
+                if parent.exists():
+                    if not parent.is_dir():
+                        raise ValueError(f"{parent} is a file, not a folder")
+                    break
+        except OSError as exc:
+            raise ValueError(f"{value}: {exc.strerror}") from None
+        return value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(value) or len(value) > 253:
+                raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
         return value
 
     @field_validator("instrument_sync_time")
     @classmethod
     def _hhmm(cls, value: str) -> str:
-        hh, _, mm = value.partition(":")
-        if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+        m = re.fullmatch(r"([0-9]{1,2}):([0-9]{2})", value)
+        if not (m and int(m.group(1)) < 24 and int(m.group(2)) < 60):
             raise ValueError("must be HH:MM (IST)")
         return value
 
     @model_validator(mode="after")
     def _limits(self) -> Settings:
+        # "<field>: message": load_settings names that field's variable.
         if self.connections > 2 and not self.upstox_plus:
             raise ValueError("connections: more than 2 needs COLLECTOR_UPSTOX_PLUS=true (Upstox Plus)")
+        if self.backoff_base_s > self.backoff_cap_s:
+            raise ValueError("backoff_base_s: larger than COLLECTOR_BACKOFF_CAP_S")
+        if self.journal_segment_bytes > self.journal_max_bytes:
+            raise ValueError("journal_segment_bytes: larger than COLLECTOR_JOURNAL_MAX_BYTES")
         return self
 
 
@@ -139,10 +227,16 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"] if not str(p).isdigit()]
-        name = "COLLECTOR_" + (loc[0].upper() if loc else "SETTINGS")
+        loc = [str(p) for p in err["loc"]]
         msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(name, msg) from None
+        if not loc:  # a check across fields (_limits) names its field first
+            head, _, rest = msg.partition(": ")
+            if head in Settings.model_fields:
+                loc, msg = [head], rest
+        name = "COLLECTOR_" + (loc[0].upper() if loc else "SETTINGS")
+        # Where inside a JSON setting: COLLECTOR_UNIVERSE: [0].mode: Input should be ...
+        where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:] if p != "[key]").lstrip(".")
+        raise ConfigError(name, f"{where}: {msg}" if where else msg) from None
     except SettingsError as exc:
         # A JSON setting that is not JSON: pydantic-settings names the field in its message.
         m = re.search(r'field "(\w+)"', str(exc))

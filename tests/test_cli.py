@@ -41,6 +41,14 @@ def collector(
         ("COLLECTOR_SUBSCRIPTIONS", '{"fastest": ["NSE_EQ|X"]}'),
         ("COLLECTOR_FLUSH_INTERVAL_S", "soon"),
         ("COLLECTOR_UNIVERSE", '[{"mode": "full", "segmnets": ["NSE_FO"]}]'),
+        # Issue 10: each of these was accepted, or named no variable (tests/test_settings.py walks all).
+        ("COLLECTOR_CONNECTIONS", "3"),
+        ("COLLECTOR_UPSTOX_API_URL", "garbage"),
+        ("COLLECTOR_PING_INTERVAL_S", "inf"),
+        ("COLLECTOR_RETENTION_DAYS", "10000000000"),
+        ("COLLECTOR_MARKET_HOURS", '{"NSE": {"open": "15:30", "close": "09:15"}}'),
+        ("COLLECTOR_SUBSCRIPTIONS", '{"ltpc": ["RELIANCE"]}'),
+        ("COLLECTOR_JOURNAL_DIR", "README.md"),
     ],
 )
 def test_a_bad_setting_exits_with_one_line_naming_it(name: str, value: str) -> None:
@@ -56,6 +64,18 @@ def test_secrets_never_reach_the_output(migrated: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "s3cr3t" not in result.stdout + result.stderr
+
+
+def test_instruments_sync_refuses_a_bad_master_before_connecting(tmp_path: Path) -> None:
+    # Judged before the database is contacted: this URL has nothing behind it.
+    (tmp_path / "master.json.gz").write_bytes(b"\x1f\x8b not really gzip")
+    result = collector(
+        "instruments", "sync", "--source", str(tmp_path / "master.json.gz"),
+        env={"COLLECTOR_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"collector: instrument master refused: {tmp_path}/master.json.gz: a broken gzip")
 
 
 def wait_port(port: int, timeout_s: float = 20) -> None:
