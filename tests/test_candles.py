@@ -1,34 +1,50 @@
-"""Candles (all five levels) against an independent computation from raw ticks."""
+"""Candles (all five levels) against an independent computation from the ticks, on both flavours.
+
+The ticks go the production way: protobuf frames in a journal, the real
+writer (logged in as a ``collector_writer`` user), then the collector's candle
+job as that user. Where the levels are continuous aggregates (TSL), that job
+hands late ticks over and the database's own job (migration 008) refreshes
+them as the owner; on the Apache build the job refreshes the tables itself.
+Both flavours are compared with the same computation (``expected``), so the
+continuous aggregates equal the Apache path's candles for the same day.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from collector.db.jobs import Jobs
-from collector.metrics import Metrics
-from collector.records import Frame, Tick
-from tests.helpers import sample, until
-from tests.pipeline import make_writer
+from collector.db.jobs import LEVELS, Jobs, candles_mode
+from collector.metrics import ControlMetrics
+from collector.records import Tick
+from tests.helpers import sample
+from tests.pipeline import encode_ticks, journal_frames, store
+from tests.test_roles import login
 
-OPEN = datetime(2026, 11, 20, 3, 45, tzinfo=UTC)  # 09:15 IST
-CLOSE = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # 15:30 IST
-WIDTHS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
+WIDTHS = {"candles_1m": 60, "candles_5m": 300, "candles_15m": 900, "candles_1h": 3600, "candles_1d": 86400}
+assert tuple(WIDTHS) == LEVELS
+# Older than every refresh policy's window (003: at most 30 days), so on TSL only
+# the refreshes a test asks for materialize these days: nothing in the background.
+OLD_DAY = datetime.now(UTC).date() - timedelta(days=45)
 
 
 def make_tick(key: str, kind: str, t: datetime, ltp: float, ltq: int, vtt: int | None, snap: bool) -> Tick:
     rest = [None] * 19
-    return Tick(t, key, kind, snap, t, t, ltp, ltq, 0.0, None, vtt, *rest)  # type: ignore[arg-type]
+    return Tick(t, key, kind, snap, t, t, ltp, ltq, 0.0, None, vtt, *rest)
 
 
-def generate_day(seed: int = 11) -> tuple[list[Frame], list[Tick]]:
-    """Live frames for a trading day, with a reconnect in the middle.
+def session(day: date) -> tuple[datetime, datetime]:
+    """09:15 to 15:30 IST of ``day``, in UTC."""
+    opens = datetime.combine(day, time(3, 45), UTC)
+    return opens, datetime.combine(day, time(10, 0), UTC)
+
+
+def generate_day(day: date = OLD_DAY, seed: int = 11) -> tuple[list[bytes], list[Tick]]:
+    """Live frames (protobuf, as Upstox sends them) for a trading day, with a reconnect in the middle.
 
     Returns the frames to deliver and the ticks that should be stored (what
     the snapshot rule keeps), computed here independently of the collector.
@@ -36,13 +52,13 @@ def generate_day(seed: int = 11) -> tuple[list[Frame], list[Tick]]:
     rng = random.Random(seed)
     instruments = {"NSE_FO|1": "full", "NSE_FO|2": "full", "NSE_FO|3": "option_greeks", "NSE_EQ|A": "ltpc"}
     state = {k: [100.0 + i * 50, 0] for i, k in enumerate(instruments)}  # ltp, vtt
-    frames: list[Frame] = []
+    frames: list[bytes] = []
     kept: list[Tick] = []
     last: dict[str, Tick] = {}
-    t = OPEN
-    reconnect_at = OPEN + timedelta(hours=3, minutes=7, seconds=13)
+    t, close = session(day)
+    reconnect_at = t + timedelta(hours=3, minutes=7, seconds=13)
     reconnected = False
-    while t < CLOSE:
+    while t < close:
         t += timedelta(milliseconds=rng.randint(200, 4000))
         if not reconnected and t >= reconnect_at:
             reconnected = True
@@ -53,14 +69,14 @@ def generate_day(seed: int = 11) -> tuple[list[Frame], list[Tick]]:
                     state[key][0] += 1.5
                     state[key][1] += 700
                     moved = prev._replace(
-                        time=t, ltp=state[key][0], ltq=700, vtt=state[key][1], snapshot=True
+                        time=t, ltp=state[key][0], ltq=700, vtt=int(state[key][1]), snapshot=True
                     )
                     snapshot.append(moved)
                     kept.append(moved)
                     last[key] = moved
                 else:
                     snapshot.append(prev._replace(snapshot=True))  # identical: must not count
-            frames.append(Frame("initial_feed", t, ticks=snapshot))
+            frames.append(encode_ticks(snapshot, snapshot=True, feed_time=t))
             continue
         batch = []
         for key in rng.sample(list(instruments), rng.randint(1, 4)):
@@ -71,12 +87,12 @@ def generate_day(seed: int = 11) -> tuple[list[Frame], list[Tick]]:
             vtt = None
             if mode != "ltpc":
                 s[1] += qty
-                vtt = s[1]
+                vtt = int(s[1])
             tick = make_tick(key, mode, t, s[0], qty, vtt, False)
             batch.append(tick)
             kept.append(tick)
             last[key] = tick
-        frames.append(Frame("live_feed", t, ticks=batch))
+        frames.append(encode_ticks(batch, feed_time=t))
     return frames, kept
 
 
@@ -106,85 +122,176 @@ def expected(ticks: list[Tick], width_s: int) -> dict[tuple[datetime, str], tupl
     return {k: tuple(v) for k, v in buckets.items()}
 
 
-async def test_candles_match_an_independent_computation(migrated: str, tmp_path: Path) -> None:
-    frames, kept = generate_day()
-    writer, registry, _ = make_writer(migrated, tmp_path, max_batch_rows=2000)
-    task = asyncio.create_task(writer.run())
-    try:
-        for f in frames:
-            await writer.deliver(f)
-        await until(lambda: sample(registry, "collector_rows_written_total", {"table": "ticks"}) == len(kept))
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await writer.close()
-    assert sample(registry, "collector_duplicates_suppressed_total", {"kind": "snapshot"}) == 3
+async def ingest(dsn: str, directory: Path, frames: list[bytes]) -> CollectorRegistry:
+    """Journal ``frames`` in ``directory`` and let the real writer commit them."""
+    journal_frames(directory, frames)
+    return await store(dsn, directory)
+
+
+async def refresh(writer_dsn: str, owner_dsn: str) -> str:
+    """One run of the collector's candle job (as collector_writer) and, on TSL, of the database's.
+
+    The database's job runs every minute by itself; running it here makes the
+    test independent of the background scheduler. Returns the candles mode.
+    """
 
     async def connect() -> asyncpg.Connection:
-        return await asyncpg.connect(migrated)
+        return await asyncpg.connect(writer_dsn)
 
-    jobs = Jobs(connect=connect, metrics=Metrics(CollectorRegistry()))
-    assert await jobs.refresh_candles()
+    registry = CollectorRegistry()
+    jobs = Jobs(connect=connect, metrics=ControlMetrics(registry))
+    assert await jobs.refresh_candles(), "the candle job failed: see the log above"
+    assert jobs.mode is not None
+    if jobs.mode == "continuous_aggregates":
+        owner = await asyncpg.connect(owner_dsn)
+        try:
+            job = await owner.fetchval(
+                "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'collector_refresh_late_candles'"
+            )
+            await owner.execute(f"CALL run_job({int(job)})")
+            assert await owner.fetchval("SELECT count(*) FROM candle_refresh_requests") == 0
+        finally:
+            await owner.close()
+    return jobs.mode
+
+
+async def candles(conn: asyncpg.Connection, level: str) -> dict[tuple[datetime, str], tuple[object, ...]]:
+    rows = await conn.fetch(
+        f"SELECT bucket, instrument_key, open, high, low, close, volume, ticks FROM {level}"
+    )
+    return {(r["bucket"], r["instrument_key"]): tuple(r)[2:] for r in rows}
+
+
+async def set_materialized_only(conn: asyncpg.Connection, value: bool) -> None:
+    for level in LEVELS:
+        await conn.execute(f"ALTER MATERIALIZED VIEW {level} SET (timescaledb.materialized_only = {value})")
+
+
+async def test_candles_match_an_independent_computation(migrated: str, tmp_path: Path) -> None:
+    frames, kept = generate_day()
+    async with login(migrated, "collector_writer") as writer:
+        registry = await ingest(writer, tmp_path, frames)
+        mode = await refresh(writer, migrated)
+    assert sample(registry, "collector_rows_written_total", {"table": "ticks"}) == len(kept)
+    assert sample(registry, "collector_duplicates_suppressed_total", {"kind": "snapshot"}) == 3
     conn = await asyncpg.connect(migrated)
     try:
+        assert await candles_mode(conn) == mode
         assert await conn.fetchval("SELECT count(*) FROM ticks WHERE snapshot") == 1
         for level, width in WIDTHS.items():
-            rows = await conn.fetch(
-                f"SELECT bucket, instrument_key, open, high, low, close, volume, ticks FROM candles_{level}"
-            )
-            got = {(r["bucket"], r["instrument_key"]): tuple(r)[2:] for r in rows}
-            want = expected(kept, width)
-            assert got == want, level
+            assert await candles(conn, level) == expected(kept, width), level
+        if mode == "continuous_aggregates":
+            # What the refresh materialized, without the real-time part, is the same.
+            await set_materialized_only(conn, True)
+            for level, width in WIDTHS.items():
+                assert await candles(conn, level) == expected(kept, width), f"{level} (materialized only)"
+            await set_materialized_only(conn, False)
         # The volume of the day is the sum of trades, snapshot repeats included once.
         day = await conn.fetch("SELECT instrument_key, volume FROM candles_1d ORDER BY 1")
     finally:
         await conn.close()
     final_vtt = {k: max(t.vtt or 0 for t in kept if t.instrument_key == k) for k in ("NSE_FO|1", "NSE_FO|2")}
     first_qty = {k: next(t for t in kept if t.instrument_key == k) for k in final_vtt}
+    assert {r["instrument_key"] for r in day} == {"NSE_FO|1", "NSE_FO|2", "NSE_FO|3", "NSE_EQ|A"}
     for r in day:
         if r["instrument_key"] in final_vtt:
             first = first_qty[r["instrument_key"]]
-            assert r["volume"] == final_vtt[r["instrument_key"]] - (first.vtt - first.ltq if first.vtt else 0)
+            earlier = first.vtt - (first.ltq or 0) if first.vtt is not None else 0
+            assert r["volume"] == final_vtt[r["instrument_key"]] - earlier
         if r["instrument_key"] == "NSE_EQ|A":
             assert r["volume"] is None  # ltpc carries no cumulative volume
 
 
-async def test_refresh_is_incremental_and_picks_up_late_ticks(migrated: str, tmp_path: Path) -> None:
+async def test_late_ticks_of_an_old_day_are_refreshed(migrated: str, tmp_path: Path) -> None:
+    # The afternoon arrives live and is refreshed; the morning comes later from
+    # another connection's journal (replayed after an outage), older than any
+    # refresh policy reaches: only the late refresh can put it into the candles.
     frames, kept = generate_day(seed=3)
-    half = len(frames) // 2
-    writer, registry, _ = make_writer(migrated, tmp_path)
-    late = None
+    _, noon = session(OLD_DAY)
+    noon -= timedelta(hours=3)  # 07:00 UTC, 12:30 IST
+    split = next(i for i, f in enumerate(frames) if _frame_time(f) >= noon)
+    async with login(migrated, "collector_writer") as writer:
+        await ingest(writer, tmp_path / "live", frames[split:])
+        await refresh(writer, migrated)
+        await ingest(writer, tmp_path / "replay", frames[:split])
+        conn = await asyncpg.connect(migrated)
+        try:
+            n_ticks = await conn.fetchval("SELECT count(*) FROM ticks")
+            assert n_ticks == len(kept)
+            for level in LEVELS:  # the morning is not in the candles yet
+                assert await conn.fetchval(f"SELECT sum(ticks) FROM {level}") < n_ticks, level
+            await refresh(writer, migrated)
+            for level, width in WIDTHS.items():
+                got = await candles(conn, level)
+                want = expected(kept, width)
+                # Prices and counts are the ticks'; volume depends on what each journal saw first.
+                assert {k: (*v[:4], v[5]) for k, v in got.items()} == {
+                    k: (*v[:4], v[5]) for k, v in want.items()
+                }, level
+                volume = await conn.fetchval(f"SELECT sum(volume) FROM {level}")
+                assert volume == await conn.fetchval("SELECT sum(volume) FROM ticks"), level
+        finally:
+            await conn.close()
 
-    async def connect() -> asyncpg.Connection:
-        return await asyncpg.connect(migrated)
 
-    jobs = Jobs(connect=connect, metrics=Metrics(CollectorRegistry()), late_data=lambda: late)
-    task = asyncio.create_task(writer.run())
+def _frame_time(frame: bytes) -> datetime:
+    from collector.proto import MarketDataFeedV3_pb2 as pb
+
+    msg = pb.FeedResponse()
+    msg.ParseFromString(frame)
+    return datetime.fromtimestamp(msg.currentTs / 1000, UTC)
+
+
+async def test_ticks_committed_after_a_refresh_show_in_every_level(migrated: str, tmp_path: Path) -> None:
+    """The real-time part: on TSL every level shows new ticks at once; the Apache path after its refresh."""
+    first, kept_first = generate_day(OLD_DAY, seed=5)
+    second, kept_second = generate_day(OLD_DAY + timedelta(days=1), seed=6)
+    async with login(migrated, "collector_writer") as writer:
+        await ingest(writer, tmp_path / "a", first)
+        mode = await refresh(writer, migrated)
+        await ingest(writer, tmp_path / "b", second)
+        conn = await asyncpg.connect(migrated)
+        try:
+            both = {w: {**expected(kept_first, w), **expected(kept_second, w)} for w in WIDTHS.values()}
+            if mode == "continuous_aggregates":
+                # Still the first day's refresh only: no refresh request is waiting.
+                assert await conn.fetchval("SELECT count(*) FROM candle_refresh_requests") == 0
+                for level, width in WIDTHS.items():
+                    assert await candles(conn, level) == both[width], level
+            else:
+                for level, width in WIDTHS.items():  # the tables change only when refreshed
+                    assert await candles(conn, level) == expected(kept_first, width), level
+            await refresh(writer, migrated)
+            for level, width in WIDTHS.items():
+                assert await candles(conn, level) == both[width], level
+        finally:
+            await conn.close()
+
+
+async def test_a_hand_over_the_database_leaves_waiting_fails_the_candle_job(migrated: str) -> None:
+    owner = await asyncpg.connect(migrated)
     try:
-        for f in frames[half:]:  # the afternoon arrives first
-            await writer.deliver(f)
-        await until(lambda: writer._pending_rows == 0 and writer.queue.empty() and len(writer._batcher) == 0)
-        await asyncio.sleep(0.2)
-        assert await jobs.refresh_candles()
-        for f in frames[:half]:  # then the morning, e.g. replayed from a spool
-            await writer.deliver(f)
-        await until(
-            lambda: sample(registry, "collector_rows_written_total", {"table": "ticks"}) >= len(kept) - 5
+        mode = await candles_mode(owner)
+        if mode == "continuous_aggregates":  # the database's job stopped (or failing)
+            job = await owner.fetchval(
+                "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'collector_refresh_late_candles'"
+            )
+            await owner.execute("SELECT alter_job($1, scheduled => false)", job)
+        await owner.execute(
+            "INSERT INTO candle_refresh_requests (since, requested_at) VALUES (now() - interval '40 days', $1)",
+            datetime.now(UTC) - timedelta(minutes=31),
         )
-        await asyncio.sleep(0.3)
-        late = writer.take_oldest_committed()
-        assert await jobs.refresh_candles()
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await writer.close()
-    conn = await asyncpg.connect(migrated)
-    try:
-        n_ticks = await conn.fetchval("SELECT count(*) FROM ticks")
-        total = await conn.fetchval("SELECT sum(ticks) FROM candles_1d")
-        total_1m = await conn.fetchval("SELECT sum(ticks) FROM candles_1m")
-    finally:
-        await conn.close()
-    assert total == total_1m == n_ticks
+        await owner.close()
+    async with login(migrated, "collector_writer") as writer:
+
+        async def connect() -> asyncpg.Connection:
+            return await asyncpg.connect(writer)
+
+        registry = CollectorRegistry()
+        ok = await Jobs(connect=connect, metrics=ControlMetrics(registry)).refresh_candles()
+    failures = sample(registry, "collector_job_failures_total", {"task": "candle_refresh"})
+    if mode == "continuous_aggregates":
+        assert not ok and failures == 1  # counted: the CollectorJobFailing alert follows
+    else:
+        assert ok and failures == 0  # the Apache path refreshes by itself and never hands over

@@ -4,9 +4,12 @@ Where TimescaleDB has continuous aggregates and policies, the database does
 the candle and retention work itself; on the Apache-licensed build these jobs
 do it. Either way the candle refresh follows late data: every committed batch
 lowers its journal's ``dirty_since`` to its oldest tick, and the refresh takes
-those marks and recomputes candles from the oldest one (on the continuous
-aggregate path only when it is older than real-time aggregation covers, e.g.
-a journal replayed after an outage).
+those marks and recomputes candles from the oldest one. On the continuous
+aggregate path it only hands the mark over, and only when it is older than the
+refresh policies reach at once (e.g. a journal replayed after an outage): only
+a continuous aggregate's owner may refresh it, so a TimescaleDB job that runs
+as the owner does (``collector_refresh_late_candles``, migration 008), and this
+job reports it as failing when a hand-over waits too long.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from collector.exceptions import CollectorError
 from collector.metrics import ControlMetrics
 
 __all__ = ["IST_TZ", "Jobs", "apply_retention_policy", "candles_mode"]
@@ -31,6 +35,14 @@ LEVELS = ("candles_1m", "candles_5m", "candles_15m", "candles_1h", "candles_1d")
 # Continuous aggregates aggregate recent data in real time and their policies
 # refresh what is a few minutes old; only older late data needs a refresh here.
 REALTIME_COVERS = timedelta(minutes=15)
+# The database's job takes hand-overs every minute; one still waiting after this is a failure.
+REFRESH_OVERDUE = timedelta(minutes=30)
+# Take every journal's mark at once (the oldest is returned as dirty_since).
+_TAKE_MARKS = (
+    "WITH taken AS (UPDATE journal_positions p SET dirty_since = NULL FROM ("
+    "  SELECT journal, dirty_since FROM journal_positions WHERE dirty_since IS NOT NULL FOR UPDATE"
+    ") old WHERE p.journal = old.journal RETURNING old.dirty_since) "
+)
 
 
 async def candles_mode(conn: asyncpg.Connection) -> str:
@@ -88,27 +100,39 @@ class Jobs:
     async def _refresh(self, conn: asyncpg.Connection) -> None:
         if self.mode is None:
             self.mode = await candles_mode(conn)
+        if self.mode == "continuous_aggregates":
+            await self._hand_over(conn)
+            return
         # Take the marks in a short transaction of their own: the writers update
         # the same rows with every batch and must not wait for a long refresh.
-        since = await conn.fetchval(
-            "WITH taken AS (UPDATE journal_positions p SET dirty_since = NULL FROM ("
-            "  SELECT journal, dirty_since FROM journal_positions WHERE dirty_since IS NOT NULL FOR UPDATE"
-            ") old WHERE p.journal = old.journal RETURNING old.dirty_since) "
-            "SELECT min(dirty_since) FROM taken"
-        )
+        since = await conn.fetchval(_TAKE_MARKS + "SELECT min(dirty_since) FROM taken")
         if since is None:
             return
         try:
-            if self.mode == "scheduled_refresh":
-                await conn.execute("SELECT refresh_candles($1)", since)
-            elif since < datetime.now(UTC) - REALTIME_COVERS:
-                for level in LEVELS:  # in order: each level is built on the one before
-                    await conn.execute(
-                        "CALL refresh_continuous_aggregate($1::text::regclass, $2, NULL)", level, since
-                    )
+            await conn.execute("SELECT refresh_candles($1)", since)
         except BaseException:
             await conn.execute("UPDATE journal_positions SET dirty_since = least(dirty_since, $1)", since)
             raise
+
+    async def _hand_over(self, conn: asyncpg.Connection) -> None:
+        # Marks and hand-over move in one statement, so none is lost. Marks that
+        # real-time aggregation and the refresh policies cover are just cleared.
+        since = await conn.fetchval(
+            _TAKE_MARKS + "INSERT INTO candle_refresh_requests (since) SELECT min(dirty_since) FROM taken "
+            "HAVING min(dirty_since) < now() - $1::interval RETURNING since",
+            REALTIME_COVERS,
+        )
+        if since is not None:
+            logger.info("late ticks since %s: candle refresh handed to the database's job", since)
+        waiting = await conn.fetchval(
+            "SELECT min(requested_at) FROM candle_refresh_requests WHERE requested_at < now() - $1::interval",
+            REFRESH_OVERDUE,
+        )
+        if waiting is not None:
+            raise CollectorError(
+                f"late candles handed over at {waiting} are not refreshed yet: check the TimescaleDB job "
+                "collector_refresh_late_candles (timescaledb_information.job_errors)"
+            )
 
     async def retention(self) -> bool:
         return await self.run("retention", self._retention)
