@@ -10,7 +10,9 @@ ignored here.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
@@ -28,12 +30,30 @@ _FRAME_KINDS: dict[int, FrameKind] = {
     pb.market_info: "market_info",
 }
 _STATUS_NAMES = {v.number: v.name for v in pb.MarketStatus.DESCRIPTOR.values}
+# Records are built with tuple.__new__ directly: a named tuple's own __new__ is a
+# Python function, a frame per tick on the hottest path of the collector.
+_R = TypeVar("_R")
+
+
+class _TupleNew(Protocol):
+    def __call__(self, cls: type[_R], values: tuple[Any, ...], /) -> _R: ...
+
+
+_new: _TupleNew = tuple.__new__  # type: ignore[assignment]  # a C slot, typed for our records
 
 
 def epoch_ms(ms: int, what: str) -> datetime:
     """Convert epoch milliseconds to an aware UTC datetime, or raise DecodeError."""
     if not 0 <= ms <= _MAX_MS:
         raise DecodeError(f"{what} out of range: {ms}")
+    return _from_ms(ms)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _from_ms(ms: int) -> datetime:
+    # The same instants come again and again: a bar's start for its whole minute
+    # or day, an instrument's last trade time until it trades again, a frame's
+    # time for every instrument in it. Remembering them saves a datetime per use.
     return _EPOCH + timedelta(milliseconds=ms)
 
 
@@ -97,11 +117,11 @@ def _tick(
         q = flg.firstDepth
         g = flg.optionGreeks
         time, ltp, ltq, cp, iep = _trade(flg.ltpc, feed_time)
-        return Tick(
+        return _new(Tick, (
             time, key, "option_greeks", snapshot, feed_time, received_at, ltp, ltq, cp,
             None, flg.vtt, flg.oi, flg.iv, None, None, None, q.bidP, q.bidQ, q.askP, q.askQ,
             g.delta, g.theta, g.gamma, g.vega, g.rho, iep, None, None, None, None,
-        )  # fmt: skip
+        ))  # fmt: skip
     if which == "fullFeed":
         full = feed.fullFeed
         sub = full.WhichOneof("FullFeedUnion")
@@ -127,11 +147,11 @@ def _base(
     key: str, kind: str, ltpc: pb.LTPC, snapshot: bool, feed_time: datetime, received_at: datetime
 ) -> Tick:
     time, ltp, ltq, cp, iep = _trade(ltpc, feed_time)
-    return Tick(
+    return _new(Tick, (
         time, key, kind, snapshot, feed_time, received_at, ltp, ltq, cp,
         None, None, None, None, None, None, None, None, None, None, None,
         None, None, None, None, None, iep, None, None, None, None,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _market(
@@ -145,29 +165,48 @@ def _market(
 ) -> Tick:
     quotes = mff.marketLevel.bidAskQuote
     kind = "full_d30" if request_mode == pb.full_d30 or len(quotes) > 5 else "full"
-    time, ltp, ltq, cp, iep = _trade(mff.ltpc, feed_time)
+    ltpc = mff.ltpc
+    ltt = ltpc.ltt
+    time = epoch_ms(ltt, "ltt") if ltt else feed_time
+    iep = mff.iep or (ltpc.iep.value if ltpc.HasField("iep") else None)
     g = mff.optionGreeks
-    bid_prices = [q.bidP for q in quotes]
-    bid_qtys = [q.bidQ for q in quotes]
-    ask_prices = [q.askP for q in quotes]
-    ask_qtys = [q.askQ for q in quotes]
+    # One pass over the levels: each step through a repeated field makes a wrapper object.
+    bid_prices: list[float] = []
+    bid_qtys: list[int] = []
+    ask_prices: list[float] = []
+    ask_qtys: list[int] = []
+    for q in quotes:
+        bid_prices.append(q.bidP)
+        bid_qtys.append(q.bidQ)
+        ask_prices.append(q.askP)
+        ask_qtys.append(q.askQ)
     _bars(key, mff.marketOHLC, received_at, bars)
-    best: tuple[float | None, int | None, float | None, int | None] = (None, None, None, None)
+    best_bid: float | None = None
+    best_bid_qty: int | None = None
+    best_ask: float | None = None
+    best_ask_qty: int | None = None
     if quotes:
-        best = (bid_prices[0], bid_qtys[0], ask_prices[0], ask_qtys[0])
-    return Tick(
-        time, key, kind, snapshot, feed_time, received_at, ltp, ltq, cp,
-        None, mff.vtt, mff.oi, mff.iv, mff.atp, mff.tbq, mff.tsq, *best,
-        g.delta, g.theta, g.gamma, g.vega, g.rho, mff.iep if mff.iep else iep,
+        best_bid, best_bid_qty, best_ask, best_ask_qty = (
+            bid_prices[0],
+            bid_qtys[0],
+            ask_prices[0],
+            ask_qtys[0],
+        )
+    return _new(Tick, (
+        time, key, kind, snapshot, feed_time, received_at, ltpc.ltp, ltpc.ltq, ltpc.cp,
+        None, mff.vtt, mff.oi, mff.iv, mff.atp, mff.tbq, mff.tsq,
+        best_bid, best_bid_qty, best_ask, best_ask_qty,
+        g.delta, g.theta, g.gamma, g.vega, g.rho, iep,
         bid_prices, bid_qtys, ask_prices, ask_qtys,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _bars(key: str, ohlc: pb.MarketOHLC, received_at: datetime, out: list[Bar]) -> None:
     for bar in ohlc.ohlc:
-        if not bar.interval or not bar.ts:
+        ts = bar.ts
+        interval = bar.interval
+        if not interval or not ts:
             continue  # an empty bar: nothing traded in it yet
-        start = epoch_ms(bar.ts, "ohlc.ts")
-        out.append(
-            Bar(key, bar.interval, start, bar.open, bar.high, bar.low, bar.close, bar.vol, received_at)
-        )
+        out.append(_new(Bar, (
+            key, interval, epoch_ms(ts, "ohlc.ts"), bar.open, bar.high, bar.low, bar.close, bar.vol, received_at,
+        )))  # fmt: skip

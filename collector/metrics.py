@@ -51,6 +51,8 @@ MARKET_STATUSES = (
 )  # fmt: skip
 TABLES = ("ticks", "exchange_bars", "market_status", "feed_sessions", "feed_gaps")
 JOBS = ("instrument_sync", "candle_refresh", "retention", "backfill")
+# Why a new instrument master is not in force: refused whole, or held by the truncated-master guard.
+MASTER_REJECTIONS = ("unreadable", "bad_rows", "held")
 PROCESSES = ("feed", "sink")
 # One bucket sits exactly at each alert threshold and issue target (0.25 s, 1 s, 5 s).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -338,6 +340,53 @@ class ControlMetrics:
             self.job_last_success.labels(job)
         for api in ("authorize", "candles", "holidays"):
             self.rest_requests.labels(api)
+        # -- gaps and their backfill (collector/db/backfill.py), set by the supervisor only
+        self.rest_failures = f.counter(
+            "rest_failures_total", "Failed requests to Upstox's REST API, by reason class", ("api", "reason")
+        )
+        self.gaps = f.gauge(
+            "gaps", "Recorded gaps by fill state (pending, filled, partial, unfillable)", ("status",),
+            mode="livemax",
+        )  # fmt: skip
+        self.gap_oldest_pending = f.gauge(
+            "backfill_oldest_pending_gap_timestamp_seconds",
+            "Unix time the oldest gap not filled yet ended (0: none pending)",
+            mode="livemax",
+        )
+        # Counted in candles (one instrument, one minute): "_minutes" would read as a time unit.
+        self.backfill_pending_candles = f.gauge(
+            "backfill_pending_candles",
+            "1-minute candles that pending gaps still lack",
+            mode="livemax",
+        )
+        self.backfill_candles = f.counter(
+            "backfill_candles_total", "1-minute candles filled in from Upstox's candle APIs"
+        )
+        for api in ("authorize", "candles", "holidays"):
+            for failure in CONNECT_REASONS:
+                self.rest_failures.labels(api, failure)
+        for status in ("pending", "filled", "partial", "unfillable"):
+            self.gaps.labels(status)
+        for job in ("holiday_sync",):  # scheduled by the supervisor besides JOBS
+            self.job_runs.labels(job)
+            self.job_failures.labels(job)
+            self.job_last_success.labels(job)
+        self.master_rows = f.gauge(
+            "instrument_master_rows", "Rows of the instrument master in force (instruments_current)",
+            mode="livemax",
+        )  # fmt: skip
+        self.master_skipped = f.gauge(
+            "instrument_master_skipped_rows", "Rows of the last instrument master file that could not be used",
+            mode="livemax",
+        )  # fmt: skip
+        self.master_rejected = f.gauge(
+            "instrument_master_rejected",
+            "1 while a new instrument master is not in force: refused (unreadable, bad_rows) or held back",
+            ("reason",),
+            mode="livemax",
+        )
+        for reason in MASTER_REJECTIONS:
+            self.master_rejected.labels(reason)
 
     def init_connections(self, connections: int) -> None:
         for c in map(str, range(connections)):

@@ -81,6 +81,26 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "limit(seconds): time limit of an async test")
 
 
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Any:
+    """Record a measured figure (what was injected, for how long, what was lost): printed at the end."""
+
+    def record(text: str) -> None:
+        FIGURES.append(f"{request.node.name}: {text}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("figures measured by the fault tests")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 class Server:
     """A TimescaleDB under test, and (when we run it) a way to stop and start it."""
 
@@ -129,6 +149,40 @@ def tsdb(request: pytest.FixtureRequest) -> Server:
     subprocess.run([*control, "start"], check=True)
     out = subprocess.run([*control, "dsn"], check=True, capture_output=True, text=True)
     return Server(out.stdout.strip(), flavour, control)
+
+
+@pytest.fixture(scope="session")
+def single_tsdb() -> Server:
+    """One server, for tests whose subject is the collector, not the database: the TSL flavour
+    (what users run) unless the run is narrowed to another."""
+    flavour = "tsl" if "tsl" in _flavours() else _flavours()[0]
+    if flavour == "external":
+        return Server(os.environ["COLLECTOR_TEST_DATABASE_URL"], "external")
+    control = [str(LOCAL_TSDB), "--flavour", flavour]
+    subprocess.run([*control, "start"], check=True)
+    out = subprocess.run([*control, "dsn"], check=True, capture_output=True, text=True)
+    return Server(out.stdout.strip(), flavour, control)
+
+
+@pytest.fixture
+def single_migrated(single_tsdb: Server) -> Iterator[str]:
+    """A new migrated database on ``single_tsdb``."""
+    from collector.db.migrate import migrate
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    asyncio.run(_admin(single_tsdb, f"CREATE DATABASE {name}"))
+    dsn = single_tsdb.database(name)
+
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+    yield dsn
+    asyncio.run(_admin(single_tsdb, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 async def _admin(server: Server, sql: str) -> None:

@@ -1,4 +1,4 @@
-"""A running collector + simulator (background event loop) and a real Prometheus."""
+"""A running collector (its own process), a simulator (a background event loop) and a real Prometheus."""
 
 from __future__ import annotations
 
@@ -15,10 +15,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry
-
-from collector.app import run
-from collector.settings import load_settings
 from collector.simulator.server import Simulator
 from tests.conftest import ROOT
 
@@ -32,16 +28,15 @@ def free_port() -> int:
 
 
 class Stack:
-    """Collector and simulator in one background event loop, on 127.0.0.1."""
+    """The simulator in a background event loop, and ``collector run`` streaming from it, on 127.0.0.1."""
 
     def __init__(self, dsn: str, workdir: Path) -> None:
         self.dsn = dsn
         self.workdir = workdir
-        self.metrics_port = free_port()
-        self.registry = CollectorRegistry()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.sim: Simulator | None = None
+        self.collector: Any = None
         self.prometheus: subprocess.Popen[bytes] | None = None
         self.prometheus_port = 0
 
@@ -49,33 +44,36 @@ class Stack:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def start(self) -> None:
-        self.thread.start()
-        self.call(self._start())
+        from tests.process import CollectorProcess
 
-    async def _start(self) -> None:
+        self.thread.start()
         self.sim = Simulator(rate=1500, stocks=20)
-        await self.sim.start()
+        self.call(self.sim.start())
         fo = sorted(k for k in self.sim.market.instruments if k.startswith("NSE_FO"))
-        settings = load_settings(
-            database_url=self.dsn,
-            upstox_api_url=self.sim.url,
-            upstox_token=self.sim.token,
-            instruments_url=f"{self.sim.url}/market-quote/instruments/exchange/complete.json.gz",
-            universe=[
-                {"mode": "full", "segments": ["NSE_FO"], "instrument_types": ["FUT"], "nearest_expiries": 1},
-                {"mode": "ltpc", "segments": ["NSE_INDEX", "NSE_EQ"]},
-                {"mode": "option_greeks", "instrument_types": ["CE", "PE"], "underlyings": ["NIFTY"]},
-            ],
-            subscriptions={"full_d30": fo[-2:]},
-            spool_dir=self.workdir / "spool",
-            metrics_port=self.metrics_port,
-            candle_refresh_interval_s=2.0,
-            flush_interval_s=0.2,
-            backoff_base_s=0.05,
-            backoff_cap_s=0.2,
-        )
-        self.stop_event = asyncio.Event()
-        self.app = asyncio.create_task(run(settings, stop=self.stop_event, registry=self.registry))
+        universe = [
+            {"mode": "full", "segments": ["NSE_FO"], "instrument_types": ["FUT"], "nearest_expiries": 1},
+            {"mode": "ltpc", "segments": ["NSE_INDEX", "NSE_EQ"]},
+            {"mode": "option_greeks", "instrument_types": ["CE", "PE"], "underlyings": ["NIFTY"]},
+        ]
+        self.collector = CollectorProcess(
+            self.workdir,
+            {
+                "COLLECTOR_DATABASE_URL": self.dsn,
+                "COLLECTOR_UPSTOX_API_URL": self.sim.url,
+                "COLLECTOR_UPSTOX_TOKEN": self.sim.token,
+                "COLLECTOR_INSTRUMENTS_URL": f"{self.sim.url}/market-quote/instruments/exchange/complete.json.gz",
+                "COLLECTOR_UNIVERSE": json.dumps(universe),
+                "COLLECTOR_SUBSCRIPTIONS": json.dumps({"full_d30": fo[-2:]}),
+                "COLLECTOR_CANDLE_REFRESH_INTERVAL_S": "2",
+            },
+        ).start()
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.collector.metrics_port)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return float(self.collector.metric(name, **labels))
 
     def metrics_text(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -130,14 +128,14 @@ class Stack:
         if self.prometheus is not None:
             self.prometheus.terminate()
             self.prometheus.wait(30)
-        if hasattr(self, "app"):
-            self.call(self._stop(), 90)
+        if self.collector is not None:
+            self.collector.send(15)
+            try:
+                self.collector.proc.wait(60)
+            finally:
+                self.collector.kill()
+        if self.sim is not None:
+            self.call(self.sim.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
-
-    async def _stop(self) -> None:
-        self.stop_event.set()
-        await self.app
-        if self.sim is not None:
-            await self.sim.close()

@@ -57,7 +57,8 @@ def test_local_stack_streams_into_timescaledb_and_prometheus(tsdb: Server, tmp_p
         "PROMETHEUS_PORT": str(prom_port),
         "COLLECTOR_METRICS_PORT": str(free_port()),
         "COLLECTOR_CANDLE_REFRESH_INTERVAL_S": "2",
-        "COLLECTOR_SPOOL_DIR": str(tmp_path / "spool"),
+        "COLLECTOR_JOURNAL_DIR": str(tmp_path / "journal"),
+        "LOCAL_STACK_FLAVOUR": tsdb.flavour,
     }
     for key in ("COLLECTOR_UPSTOX_TOKEN", "COLLECTOR_UPSTOX_TOKEN_FILE", "COLLECTOR_DATABASE_URL"):
         env.pop(key, None)

@@ -7,19 +7,21 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector.db.migrate import MIGRATIONS_DIR, migrate
+from collector.db.migrate import MIGRATIONS_DIR, discover, migrate
 from collector.exceptions import MigrationError
+
+ALL = [m.version for m in discover()]
 
 
 async def test_applies_once_and_is_idempotent(database: str) -> None:
     conn = await asyncpg.connect(database)
     try:
         first = await migrate(conn)
-        assert first == [1, 2, 3, 4]
+        assert first == ALL and ALL[:5] == [1, 2, 3, 4, 5]
         assert await migrate(conn) == []
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 4
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(ALL)
         for rel in ("ticks", "instruments", "exchange_bars", "market_status", "feed_sessions", "feed_gaps",
-                    "ingest_ledger", "dead_letters", "candles_1m", "candles_5m", "candles_15m", "candles_1h",
+                    "journal_positions", "dead_letters", "candles_1m", "candles_5m", "candles_15m", "candles_1h",
                     "candles_1d"):  # fmt: skip
             assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", rel), rel
         assert await conn.fetchval(
@@ -63,15 +65,15 @@ async def test_refuses_a_changed_migration(database: str, tmp_path: Path) -> Non
 async def test_a_failing_migration_rolls_back_and_names_itself(database: str, tmp_path: Path) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, migrations)
-    (migrations / "005_broken.sql").write_text(
+    (migrations / "999_broken.sql").write_text(
         "CREATE TABLE half_done (x int);\nSELECT no_such_function();\n"
     )
     conn = await asyncpg.connect(database)
     try:
-        with pytest.raises(MigrationError, match=r"005_broken\.sql failed"):
+        with pytest.raises(MigrationError, match=r"999_broken\.sql failed"):
             await migrate(conn, migrations)
         assert await conn.fetchval("SELECT to_regclass('half_done')") is None
-        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 4
+        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == ALL[-1]
     finally:
         await conn.close()
 
@@ -80,7 +82,7 @@ async def test_two_collectors_migrating_at_once(database: str) -> None:
     conns = [await asyncpg.connect(database) for _ in range(3)]
     try:
         results = await asyncio.gather(*(migrate(c) for c in conns))
-        assert sorted(len(r) for r in results) == [0, 0, 4]
+        assert sorted(len(r) for r in results) == [0, 0, len(ALL)]
     finally:
         for c in conns:
             await c.close()

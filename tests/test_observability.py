@@ -20,11 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from collector.batch import Batch
 from collector.db.jobs import Jobs
-from collector.metrics import Metrics
+from collector.metrics import ControlMetrics, SinkMetrics
 from collector.sink.store import BatchStore
 from tests.conftest import ROOT, Server
 from tests.grafana import expand
-from tests.helpers import sample
 from tests.stack import Stack
 
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -62,15 +61,11 @@ def stack(tsdb: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     s = Stack(tsdb.database(name), tmp_path_factory.mktemp("stack"))
     try:
         s.start()
-        wait(
-            lambda: sample(s.registry, "collector_rows_written_total", {"table": "ticks"}) > 3000, 60, "ticks"
-        )
+        wait(lambda: s.metric("collector_rows_written_total", table="ticks") > 3000, 90, "ticks")
         # A dropped connection while the market is open leaves a gap behind.
         assert s.sim is not None
         s.call(s.sim.drop(1011))
-        wait(
-            lambda: sample(s.registry, "collector_rows_written_total", {"table": "feed_gaps"}) >= 1, 30, "gap"
-        )
+        wait(lambda: s.metric("collector_rows_written_total", table="feed_gaps") >= 1, 30, "gap")
         s.start_prometheus()
         wait(lambda: s.query('up{job="collector"} == 1'), 30, "Prometheus scraping the collector")
         yield s
@@ -175,14 +170,16 @@ def test_dashboards_are_provisionable(stack: Stack) -> None:
 
 
 async def add_dead_letter(dsn: str) -> None:
-    store = BatchStore(Metrics(CollectorRegistry()))
+    store = BatchStore(SinkMetrics(CollectorRegistry()))
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow("SELECT * FROM ticks LIMIT 1")
         from collector.records import TICK_COLUMNS, Tick
 
         tick = Tick(*(row[c] for c in TICK_COLUMNS))._replace(instrument_key="NSE_EQ|\x00")
-        await store.write(conn, Batch(uuid.uuid4(), ticks=[tick]))
+        journal = f"test-{uuid.uuid4()}"
+        await store.load(conn, journal, 99, 0)
+        await store.write(conn, Batch(ticks=[tick], journal=journal, start=0, end=1))
     finally:
         await conn.close()
 
@@ -193,7 +190,7 @@ def test_every_sql_panel_runs_and_shows_data(stack: Stack, tmp_path: Path) -> No
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(stack.dsn)
 
-    assert asyncio.run(Jobs(connect=connect, metrics=Metrics(CollectorRegistry())).refresh_candles())
+    assert asyncio.run(Jobs(connect=connect, metrics=ControlMetrics(CollectorRegistry())).refresh_candles())
 
     async def check() -> None:
         conn = await asyncpg.connect(stack.dsn)

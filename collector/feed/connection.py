@@ -140,6 +140,7 @@ class FeedConnection:
         # not running since), else the first connection attempt.
         self._down_since: datetime | None = down_since
         self._down_reason = "collector_down"
+        self._attempts = 0  # connection attempts since the last session ended
         self._unwritten: list[bytes] = []  # events the disk refused, written when it takes them
         self._last_frame = time.monotonic()
         self.connected = asyncio.Event()
@@ -207,6 +208,7 @@ class FeedConnection:
         if self._down_since is None:
             self._down_since = self._now()
             self._down_reason = "start"
+        self._attempts += 1
         self._metrics.connect_attempts.labels(self._label).inc()
         uri = await self._authorize()
         try:
@@ -336,8 +338,11 @@ class FeedConnection:
         logger.info("connection %s subscribed %d keys", self.id, self.shard.size)
         self.connected.set()
         down_since, self._down_since = self._down_since, None
-        if down_since is not None:
+        # A process whose very first attempt succeeds missed nothing; one whose
+        # first attempts failed (a bad token at the open) did, from the first try.
+        if down_since is not None and not (self._down_reason == "start" and self._attempts == 1):
             self._record_gap(down_since, connected_at)
+        self._attempts = 0
         self._on_connected(connected_at)
 
     def _record_gap(self, start: datetime, end: datetime) -> None:

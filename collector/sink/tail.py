@@ -90,7 +90,7 @@ class JournalReader:
                 position,
                 segments[0],
             )
-            self.skipped.append((position, segments[0] - position))
+            self._skip(position, segments[0] - position)
             position = segments[0]
         self.position = position
         self.close()
@@ -136,10 +136,17 @@ class JournalReader:
             if self.position < seg_end:
                 continue  # more final data (e.g. a long corrupt stretch was just skipped)
             if newer[0] > seg_end:
-                self.skipped.append((seg_end, newer[0] - seg_end))
+                self._skip(seg_end, newer[0] - seg_end)
             self.position = newer[0]
             self.close()
         return []
+
+    def _skip(self, position: int, size: int) -> None:
+        # One corrupt stretch read in several chunks is one stretch.
+        if self.skipped and sum(self.skipped[-1]) == position:
+            self.skipped[-1] = (self.skipped[-1][0], self.skipped[-1][1] + size)
+        else:
+            self.skipped.append((position, size))
 
     def _size(self, base: int) -> int:
         try:
@@ -160,7 +167,8 @@ class JournalReader:
         while True:
             data = os.pread(self._fd, want, self.position - base)
             found = scan(data, self.position, final=final and len(data) < want)
-            self.skipped.extend(found.skipped)
+            for stretch in found.skipped:
+                self._skip(*stretch)
             self.position += found.consumed
             if found.records:
                 return found.records

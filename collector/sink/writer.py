@@ -49,8 +49,12 @@ __all__ = ["TRANSIENT", "Writer", "event_record"]
 logger = logging.getLogger(__name__)
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
-# What "the database is away (for now)" looks like from here.
-TRANSIENT = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, PositionConflict)
+# What "the database is away (for now)" looks like from here. InternalClientError is
+# asyncpg's word for a protocol state broken by a connection that died mid-operation.
+TRANSIENT = (
+    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError,
+    PositionConflict,
+)  # fmt: skip
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -109,6 +113,7 @@ class Writer:
         self._conn: asyncpg.Connection | None = None
         self._db_up: bool | None = None
         self.committed = -1  # the committed position, once known
+        self._skip_end = -1
         self.caught_up = asyncio.Event()  # set while everything on disk is committed
 
     # -- lifecycle --------------------------------------------------------------------
@@ -184,6 +189,7 @@ class Writer:
         first_ns = 0
         inflight: asyncio.Task[None] | None = None
         batch: Batch | None = None
+        lag_published = 0.0
         try:
             while True:
                 records = self._reader.read(self.read_bytes)
@@ -216,6 +222,11 @@ class Writer:
                     continue
                 # Caught up with the journal for now.
                 idle = inflight is None and end == start
+                if now - lag_published >= 1.0:
+                    self._metrics.journal_lag.labels(self._label).set(
+                        max(self._reader.end() - self.committed, 0)
+                    )
+                    lag_published = now
                 if idle:
                     if self._reader.position >= self._reader.end():
                         self.caught_up.set()
@@ -237,6 +248,8 @@ class Writer:
                 await self._drop_connection()
                 inflight.cancel()
                 await asyncio.wait({inflight}, timeout=5.0)
+                if inflight.done() and not inflight.cancelled():
+                    inflight.exception()  # retrieved: the connection was aborted on purpose
 
     def _due(self, batcher: Batcher, now: float, first_ns: int) -> bool:
         if batcher.tick_rows >= self.max_batch_rows:
@@ -266,11 +279,15 @@ class Writer:
     def _report_skipped(self) -> None:
         skipped, self._reader.skipped = self._reader.skipped, []
         for position, size in skipped:
-            self._metrics.journal_skipped.labels(self._label).inc()
             self._metrics.journal_skipped_bytes.labels(self._label).inc(size)
+            continued = position == self._skip_end  # the same stretch, read in another chunk
+            self._skip_end = position + size
+            if continued:
+                continue
+            self._metrics.journal_skipped.labels(self._label).inc()
             logger.error(
-                "connection %s: journal %s: %d corrupt or torn bytes skipped at position %d",
-                self.connection, self.directory, size, position,
+                "connection %s: journal %s: corrupt or torn bytes skipped at position %d (%d bytes so far)",
+                self.connection, self.directory, position, size,
             )  # fmt: skip
 
     async def _seed(self, conn: asyncpg.Connection, sequencer: TickSequencer) -> None:
