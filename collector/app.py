@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +37,19 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
 from collector import __version__
-from collector.calendar import Calendar, Holiday, parse_hours
-from collector.db.backfill import Backfill
+from collector.calendar import Calendar, parse_hours
 from collector.db.connect import connect, connect_until
-from collector.db.holidays import fetch_holidays, fetched_today, load_holidays, store_holidays
 from collector.db.instruments import display, publish_master, sync_master
-from collector.db.jobs import IST_TZ, Jobs, apply_retention_policy
+from collector.db.jobs import Jobs, apply_retention_policy
 from collector.db.migrate import migrate
 from collector.exceptions import CollectorError, ConfigError, ConnectError
 from collector.feed.auth import Authorizer, TokenSource, rest_limiter, token_expiry
 from collector.feed.journal import lock_file
 from collector.feed.process import FeedSpec
+from collector.gapwork import GapWork
 from collector.metrics import SEGMENTS, ControlMetrics, serve_metrics, serving_registry, use_multiprocess
 from collector.protocol import DEFAULT_LIMITS, Shard, plan_universe, segment_of, shard_universe
 from collector.records import MODES, Mode
-from collector.rest import UpstoxRest
 from collector.settings import Settings
 from collector.sink.process import SinkSpec
 from collector.supervisor import Child
@@ -81,7 +79,6 @@ class Collector:
         self.feeds: dict[int, Child] = {}
         self.sinks: dict[int, Child] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self.calendar = Calendar(parse_hours(settings.market_hours))
         self._since: dict[int, datetime] = {}
         self.metrics: ControlMetrics
         self.metrics_dir: Path
@@ -160,6 +157,16 @@ class Collector:
             on_call=self.metrics.rest_requests.labels("authorize").inc,
             on_token=lambda token: self.metrics.token_expiry.set(token_expiry(token) or 0),
         )
+
+        async def connect_db() -> asyncpg.Connection:
+            return await connect(self.dsn, timeout=10, command_timeout=600)
+
+        self.jobs = Jobs(connect=connect_db, metrics=self.metrics, retention_days=s.retention_days)
+        self.gapwork = GapWork(
+            api_url=s.upstox_api_url, tokens=tokens, rest=self.rest, jobs=self.jobs, metrics=self.metrics,
+            calendar=Calendar(parse_hours(s.market_hours)), feeds=lambda: list(self.feeds.values()),
+            shard=self.shards.get,
+        )  # fmt: skip
         journals = {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
         for connection in sorted(journals | set(self.shards)):
             self._start_sink(connection)
@@ -239,12 +246,15 @@ class Collector:
                     "stall_timeout_s": s.stall_timeout_s,
                     "backoff_base_s": s.backoff_base_s,
                     "backoff_cap_s": s.backoff_cap_s,
+                    "token_retry_s": s.token_retry_s,
+                    "rate_limit_retry_s": s.rate_limit_retry_s,
+                    "open_timeout_s": s.open_timeout_s,
                     "journal_max_bytes": s.journal_max_bytes,
                 },
                 fsync=s.journal_fsync,
                 fsync_interval_s=s.journal_fsync_interval_s,
                 segment_bytes=s.journal_segment_bytes,
-                calendar=self.calendar.to_json(),
+                calendar=self.gapwork.calendar.to_json(),
                 since=since.isoformat() if since else None,
                 log_level=s.log_level,
                 metrics_dir=str(self.metrics_dir),
@@ -284,13 +294,13 @@ class Collector:
 
     async def _on_feed_message(self, child: Child, message: dict[str, Any]) -> None:
         if message.get("op") == "connected":
-            # The gap (if any) follows through the journal: backfill it soon (gaps.py).
-            self._backfill_soon(self.BACKFILL_DEBOUNCE_S, waiting_for=(child.connection, message.get("at")))
+            # The gap (if any) follows through the journal: backfill it soon.
+            self.gapwork.connected(child.connection, message.get("at"))
             return
         if message.get("op") != "authorize":
             return
         # Holidays first: the first connection of a start-up records the gap since the last run.
-        await self._send_calendar(child)
+        await self.gapwork.send_calendar(child)
         try:
             uri = await self.authorizer()
         except ConnectError as exc:
@@ -330,11 +340,6 @@ class Collector:
     def _schedule(self, stack: AsyncExitStack) -> None:
         s = self.settings
 
-        async def connect_db() -> asyncpg.Connection:
-            return await connect(self.dsn, timeout=10, command_timeout=600)
-
-        self.jobs = Jobs(connect=connect_db, metrics=self.metrics, retention_days=s.retention_days)
-
         async def sync() -> bool:
             async def work(conn: asyncpg.Connection) -> None:
                 # A refused or held-back master is logged and counted; the one in force stays.
@@ -359,140 +364,9 @@ class Collector:
             sync=sync if s.universe else None,
             sync_time=s.instrument_sync_time,
         )
-        self._start_gap_work(scheduler)
+        self.gapwork.schedule(scheduler, self._tasks)
         scheduler.start()
         stack.callback(scheduler.shutdown, False)
-
-    # -- holidays and backfill (issue 11) -----------------------------------------------
-
-    # A backfill runs this long after a reconnect (reconnects close together share one),
-    # then every BACKFILL_EVERY_S; authorize waits at most HOLIDAYS_WAIT_S for the holidays.
-    BACKFILL_DEBOUNCE_S = 3.0
-    BACKFILL_EVERY_S = 300.0
-    GAP_ROW_WAIT_S = 20.0
-    HOLIDAYS_WAIT_S = 15.0
-
-    def _start_gap_work(self, scheduler: AsyncIOScheduler) -> None:
-        """Holidays into the calendar (now and daily), the backfill on a schedule and after reconnects."""
-        m = self.metrics
-        self.upstox = UpstoxRest(
-            self.settings.upstox_api_url, self.tokens, self.rest,
-            on_call=lambda api: m.rest_requests.labels(api).inc(),
-            on_failure=lambda api, reason: m.rest_failures.labels(api, reason).inc(),
-        )  # fmt: skip
-        self.backfill = Backfill(self.upstox, metrics=m)
-        self._calendar_ready = asyncio.Event()
-        self._calendar_version = 0
-        self._calendar_sent: dict[int, tuple[int, int]] = {}  # connection -> (pid, version)
-        self._backfill_due: float | None = None
-        self._backfill_timer: asyncio.Task[None] | None = None
-        self._awaited: list[tuple[int, Any]] = []
-        self._tasks.append(asyncio.create_task(self._first_holidays(), name="holidays"))
-        common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 3600}
-        scheduler.add_job(self._daily_holidays, "cron", hour=6, minute=5, timezone=IST_TZ, **common)
-        scheduler.add_job(self._scheduled_backfill, "interval", seconds=self.BACKFILL_EVERY_S, **common)
-
-    async def _scheduled_backfill(self) -> None:
-        # A coroutine, so APScheduler runs it on the loop (plain functions go to a thread).
-        self._backfill_soon(0.0)
-
-    async def _first_holidays(self) -> None:
-        try:
-            await self.jobs.run("holiday_sync", lambda conn: self._sync_holidays(conn, always=False))
-        finally:
-            self._calendar_ready.set()
-
-    async def _daily_holidays(self) -> None:
-        await self.jobs.run("holiday_sync", lambda conn: self._sync_holidays(conn, always=True))
-
-    async def _sync_holidays(self, conn: asyncpg.Connection, *, always: bool) -> None:
-        """The cached holidays into the calendar; fetched first when asked or not fetched today."""
-        try:
-            holidays, fetched_at = await load_holidays(conn)
-            if holidays:
-                self._set_holidays(holidays)
-            if always or not fetched_today(fetched_at):
-                holidays = await store_holidays(conn, await fetch_holidays(self.upstox))
-                self._set_holidays(holidays)
-                logger.info("market holidays: %d days from Upstox's list", len(holidays))
-        finally:
-            await self._broadcast_calendar()
-
-    def _set_holidays(self, holidays: list[Holiday]) -> None:
-        self.calendar = Calendar(self.calendar.hours, holidays)
-        self._calendar_version += 1
-
-    async def _send_calendar(self, child: Child, *, wait: bool = True) -> None:
-        """Give a feed process the calendar with the holidays, once per process and change."""
-        ready = getattr(self, "_calendar_ready", None)
-        if ready is None:
-            return
-        if wait and not ready.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ready.wait(), self.HOLIDAYS_WAIT_S)
-        sent = (child.proc.pid if child.proc else 0, self._calendar_version)
-        if self._calendar_sent.get(child.connection) != sent:
-            await child.send({"op": "calendar", "calendar": self.calendar.to_json()})
-            self._calendar_sent[child.connection] = sent
-
-    async def _broadcast_calendar(self) -> None:
-        for child in list(self.feeds.values()):
-            if child.proc is not None and child.proc.returncode is None:
-                await self._send_calendar(child, wait=False)
-
-    def _backfill_soon(self, delay_s: float, *, waiting_for: tuple[int, Any] | None = None) -> None:
-        """Run the backfill in ``delay_s`` (or earlier, if already due); one run at a time."""
-        due = time.monotonic() + delay_s
-        if self._backfill_due is None or due < self._backfill_due:
-            self._backfill_due = due
-        if waiting_for is not None:
-            self._awaited.append(waiting_for)
-        if self._backfill_timer is None or self._backfill_timer.done():
-            self._backfill_timer = asyncio.create_task(self._backfill_when_due(), name="backfill")
-            self._tasks.append(self._backfill_timer)
-
-    async def _backfill_when_due(self) -> None:
-        while self._backfill_due is not None:
-            wait = self._backfill_due - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(min(wait, 1.0))  # an earlier run may be asked for meanwhile
-                continue
-            self._backfill_due = None
-            awaited, self._awaited = self._awaited, []
-
-            async def work(conn: asyncpg.Connection, awaited: list[tuple[int, Any]] = awaited) -> None:
-                for connection, at in awaited:
-                    await self._gap_committed(conn, connection, at)
-                report = await self.backfill.run(conn)
-                if report.retry_at is not None:  # a pending gap's last minute ends then
-                    self._backfill_soon(max((report.retry_at - datetime.now(UTC)).total_seconds(), 1.0))
-
-            await self.jobs.run("backfill", work)
-
-    async def _gap_committed(self, conn: asyncpg.Connection, connection: int, at: Any) -> None:
-        """Wait (briefly) until the writer has committed what followed a reconnect, the gap included.
-
-        The feed journals the gap before anything it reads after subscribing,
-        so a tick received since then in the database means the gap is there
-        too. Nothing is awaited when the calendar says the market was closed.
-        """
-        shard = self.shards.get(connection)
-        if shard is None or not isinstance(at, str):
-            return
-        when = datetime.fromisoformat(at)
-        keys = [k for keys in shard.keys.values() for k in keys]
-        if not keys or not self.calendar.open_spans(shard.segments(), when - timedelta(seconds=1), when):
-            return
-        deadline = time.monotonic() + self.GAP_ROW_WAIT_S
-        while time.monotonic() < deadline:
-            if await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM feed_gaps WHERE connection = $1 AND ended_at = $2) OR EXISTS ("
-                "SELECT 1 FROM ticks WHERE instrument_key = ANY($3::text[]) "
-                "AND time >= $2 - INTERVAL '1 hour' AND received_at >= $2)",
-                connection, when, keys,
-            ):  # fmt: skip
-                return
-            await asyncio.sleep(0.5)
 
     # -- main loop and shutdown -------------------------------------------------------
 

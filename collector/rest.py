@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -29,53 +27,15 @@ from collector.exceptions import (
     ConfigError,
     ConnectError,
     FeedNetworkError,
-    FeedProtocolError,
-    FeedTLSError,
     RateLimited,
     TokenRejected,
-    classify_http_status,
 )
-from collector.feed.auth import TokenSource
+from collector.feed.auth import TokenSource, get
 
 __all__ = ["Get", "UpstoxRest"]
 
 # (url, token, ssl context, timeout) -> body; raises ConnectError.
 Get = Callable[[str, str, ssl.SSLContext | None, float, str], bytes]
-
-
-def _message(body: bytes) -> str:
-    """Upstox's own error text from an error body, if any (``errors[0].message``)."""
-    try:
-        errors = json.loads(body).get("errors") or []
-        first = errors[0] if errors else {}
-        return " ".join(str(first.get(k, "")) for k in ("errorCode", "message")).strip()[:200]
-    except (ValueError, AttributeError, TypeError, IndexError):
-        return ""
-
-
-def _get(url: str, token: str, ssl_context: ssl.SSLContext | None, timeout_s: float, api: str) -> bytes:
-    request = urllib.request.Request(
-        url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s, context=ssl_context) as response:
-            body: bytes = response.read()
-            return body
-    except urllib.error.HTTPError as exc:
-        with exc:  # the error holds the response and its socket
-            error = classify_http_status(exc.code, api, exc.headers.get("Retry-After"))
-            if type(error) is FeedProtocolError:  # a 4xx about the request itself: say what Upstox said
-                text = _message(exc.read())
-                error = FeedProtocolError(f"{api} answered {exc.code}" + (f": {text}" if text else ""))
-        raise error from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, ssl.SSLError):
-            raise FeedTLSError(f"{api} TLS failure: {exc.reason}") from None
-        raise FeedNetworkError(f"{api} failed: {exc.reason}") from None
-    except ssl.SSLError as exc:
-        raise FeedTLSError(f"{api} TLS failure: {exc}") from None
-    except (OSError, TimeoutError) as exc:
-        raise FeedNetworkError(f"{api} failed: {exc or type(exc).__name__}") from None
 
 
 class UpstoxRest:
@@ -95,7 +55,7 @@ class UpstoxRest:
         on_call: Callable[[str], None] = lambda api: None,
         on_failure: Callable[[str, str], None] = lambda api, reason: None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        get: Get = _get,
+        get: Get = get,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self._tokens = tokens

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(default=60.0, gt=0)
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_cap_s: float = Field(default=60.0, gt=0)
+    token_retry_s: float = Field(default=60.0, gt=0, le=86400)
+    rate_limit_retry_s: float = Field(default=30.0, gt=0, le=86400)
+    open_timeout_s: float = Field(default=10.0, gt=0, le=300)
     # Journal (one per connection) and writer
     journal_dir: Path = Path("var/journal")
     journal_max_bytes: int = Field(default=8 * 1024**3, ge=16 * 1024 * 1024)

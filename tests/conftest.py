@@ -140,47 +140,34 @@ def _flavours() -> list[str]:
     return chosen
 
 
-@pytest.fixture(scope="session", params=_flavours())
-def tsdb(request: pytest.FixtureRequest) -> Server:
-    flavour: str = request.param
+def _server(flavour: str) -> Server:
     if flavour == "external":
         return Server(os.environ["COLLECTOR_TEST_DATABASE_URL"], "external")
     control = [str(LOCAL_TSDB), "--flavour", flavour]
     subprocess.run([*control, "start"], check=True)
     out = subprocess.run([*control, "dsn"], check=True, capture_output=True, text=True)
     return Server(out.stdout.strip(), flavour, control)
+
+
+@pytest.fixture(scope="session", params=_flavours())
+def tsdb(request: pytest.FixtureRequest) -> Server:
+    return _server(request.param)
 
 
 @pytest.fixture(scope="session")
 def single_tsdb() -> Server:
     """One server, for tests whose subject is the collector, not the database: the TSL flavour
     (what users run) unless the run is narrowed to another."""
-    flavour = "tsl" if "tsl" in _flavours() else _flavours()[0]
-    if flavour == "external":
-        return Server(os.environ["COLLECTOR_TEST_DATABASE_URL"], "external")
-    control = [str(LOCAL_TSDB), "--flavour", flavour]
-    subprocess.run([*control, "start"], check=True)
-    out = subprocess.run([*control, "dsn"], check=True, capture_output=True, text=True)
-    return Server(out.stdout.strip(), flavour, control)
+    return _server("tsl" if "tsl" in _flavours() else _flavours()[0])
 
 
 @pytest.fixture
 def single_migrated(single_tsdb: Server) -> Iterator[str]:
     """A new migrated database on ``single_tsdb``."""
-    from collector.db.migrate import migrate
-
     name = "t_" + uuid.uuid4().hex[:12]
     asyncio.run(_admin(single_tsdb, f"CREATE DATABASE {name}"))
     dsn = single_tsdb.database(name)
-
-    async def go() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
+    asyncio.run(_migrate(dsn))
     yield dsn
     asyncio.run(_admin(single_tsdb, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
@@ -202,19 +189,20 @@ def database(tsdb: Server) -> Iterator[str]:
     asyncio.run(_admin(tsdb, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
+async def _migrate(dsn: str) -> None:
+    from collector.db.migrate import migrate
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 def migrated(database: str) -> str:
     """DSN of a new database with every migration applied."""
-    from collector.db.migrate import migrate
-
-    async def go() -> None:
-        conn = await asyncpg.connect(database)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
+    asyncio.run(_migrate(database))
     return database
 
 

@@ -10,6 +10,7 @@ says it sent, instrument by instrument.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -25,10 +26,38 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.stack import free_port
 
-__all__ = ["ALWAYS_OPEN", "CollectorProcess", "counts_by_instrument", "expect_exactly_once"]
+__all__ = [
+    "ALWAYS_OPEN",
+    "CollectorProcess",
+    "collector_env",
+    "counts_by_instrument",
+    "expect_exactly_once",
+    "sim_universe",
+]
 
 # Market hours that make every minute of every day open: tests run at any hour.
 ALWAYS_OPEN = '{"*": {"open": "00:00", "close": "24:00", "days": [0, 1, 2, 3, 4, 5, 6]}}'
+
+
+def sim_universe(sim: Any, full: int = 30, ltpc: int = 20) -> dict[str, list[str]]:
+    """The first ``full`` futures in full mode and ``ltpc`` equities in ltpc mode of the simulator."""
+    fo = sorted(k for k in sim.market.instruments if k.startswith("NSE_FO"))
+    eq = sorted(k for k in sim.market.instruments if k.startswith("NSE_EQ"))
+    return {"full": fo[:full], "ltpc": eq[:ltpc]}
+
+
+def collector_env(
+    sim: Any, dsn: str, *, universe: dict[str, list[str]] | None = None, **extra: str
+) -> dict[str, str]:
+    """Settings for a collector that streams ``universe`` from ``sim`` into ``dsn``."""
+    return {
+        "COLLECTOR_DATABASE_URL": dsn,
+        "COLLECTOR_UPSTOX_API_URL": sim.url,
+        "COLLECTOR_UPSTOX_TOKEN": sim.token,
+        "COLLECTOR_SUBSCRIPTIONS": json.dumps(universe or sim_universe(sim)),
+        "COLLECTOR_FLUSH_INTERVAL_S": "0.1",
+        **extra,
+    }
 
 
 class CollectorProcess:

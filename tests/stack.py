@@ -30,9 +30,13 @@ def free_port() -> int:
 class Stack:
     """The simulator in a background event loop, and ``collector run`` streaming from it, on 127.0.0.1."""
 
-    def __init__(self, dsn: str, workdir: Path) -> None:
+    def __init__(
+        self, dsn: str, workdir: Path, *, env: dict[str, str] | None = None, rate: float = 1500
+    ) -> None:
         self.dsn = dsn
         self.workdir = workdir
+        self.env = env or {}
+        self.rate = rate
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.sim: Simulator | None = None
@@ -43,12 +47,15 @@ class Stack:
     def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
-    def start(self) -> None:
+    def start(self, before: Any = None) -> None:
+        """Start the simulator, call ``before(sim)`` if given, then start the collector."""
         from tests.process import CollectorProcess
 
         self.thread.start()
-        self.sim = Simulator(rate=1500, stocks=20)
+        self.sim = Simulator(rate=self.rate, stocks=20)
         self.call(self.sim.start())
+        if before is not None:
+            before(self.sim)
         fo = sorted(k for k in self.sim.market.instruments if k.startswith("NSE_FO"))
         universe = [
             {"mode": "full", "segments": ["NSE_FO"], "instrument_types": ["FUT"], "nearest_expiries": 1},
@@ -65,6 +72,7 @@ class Stack:
                 "COLLECTOR_UNIVERSE": json.dumps(universe),
                 "COLLECTOR_SUBSCRIPTIONS": json.dumps({"full_d30": fo[-2:]}),
                 "COLLECTOR_CANDLE_REFRESH_INTERVAL_S": "2",
+                **self.env,
             },
         ).start()
 

@@ -18,25 +18,12 @@ import pytest
 
 from collector.simulator.server import Simulator
 from tests.conftest import Server
-from tests.process import CollectorProcess, expect_exactly_once
+from tests.process import CollectorProcess, collector_env, expect_exactly_once
 from tests.stack import free_port
 
 
-def universe(sim: Simulator, full: int = 30, ltpc: int = 20) -> dict[str, list[str]]:
-    fo = sorted(k for k in sim.market.instruments if k.startswith("NSE_FO"))
-    eq = sorted(k for k in sim.market.instruments if k.startswith("NSE_EQ"))
-    return {"full": fo[:full], "ltpc": eq[:ltpc]}
-
-
 def env_for(sim: Simulator, dsn: str, **extra: str) -> dict[str, str]:
-    return {
-        "COLLECTOR_DATABASE_URL": dsn,
-        "COLLECTOR_UPSTOX_API_URL": sim.url,
-        "COLLECTOR_UPSTOX_TOKEN": sim.token,
-        "COLLECTOR_SUBSCRIPTIONS": json.dumps(universe(sim)),
-        "COLLECTOR_FLUSH_INTERVAL_S": "0.1",
-        **extra,
-    }
+    return collector_env(sim, dsn, **extra)
 
 
 async def ticks_stored(dsn: str) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "Authorizer",
     "TokenSource",
     "authorize",
+    "get",
     "rest_limiter",
     "token_expiry",
 ]
@@ -99,7 +100,22 @@ class TokenSource:
         raise ConfigError("COLLECTOR_UPSTOX_TOKEN", "no token configured")
 
 
-def _get(url: str, token: str, ssl_context: ssl.SSLContext | None, timeout_s: float) -> bytes:
+def _message(body: bytes) -> str:
+    """Upstox's own error text from an error body, if any (``errors[0]``)."""
+    try:
+        errors = json.loads(body).get("errors") or []
+        first = errors[0] if errors else {}
+        return " ".join(str(first.get(k, "")) for k in ("errorCode", "message")).strip()[:200]
+    except (ValueError, AttributeError, TypeError, IndexError):
+        return ""
+
+
+def get(url: str, token: str, ssl_context: ssl.SSLContext | None, timeout_s: float, api: str) -> bytes:
+    """GET an Upstox REST URL with the Bearer token (blocking); raises the ConnectError for a failure.
+
+    The one HTTP client of the collector: authorize, candles and holidays
+    all come through here. ``api`` names the call in errors (never the token).
+    """
     request = urllib.request.Request(
         url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
     )
@@ -109,15 +125,20 @@ def _get(url: str, token: str, ssl_context: ssl.SSLContext | None, timeout_s: fl
             body: bytes = response.read()
             return body
     except urllib.error.HTTPError as exc:
-        raise classify_http_status(exc.code, "authorize", exc.headers.get("Retry-After")) from None
+        with exc:  # the error holds the response and its socket
+            error = classify_http_status(exc.code, api, exc.headers.get("Retry-After"))
+            if type(error) is FeedProtocolError:  # a 4xx about the request itself: say what Upstox said
+                text = _message(exc.read())
+                error = FeedProtocolError(f"{api} answered {exc.code}" + (f": {text}" if text else ""))
+        raise error from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ssl.SSLError):
-            raise FeedTLSError(f"authorize TLS failure: {exc.reason}") from None
-        raise FeedNetworkError(f"authorize failed: {exc.reason}") from None
+            raise FeedTLSError(f"{api} TLS failure: {exc.reason}") from None
+        raise FeedNetworkError(f"{api} failed: {exc.reason}") from None
     except ssl.SSLError as exc:
-        raise FeedTLSError(f"authorize TLS failure: {exc}") from None
+        raise FeedTLSError(f"{api} TLS failure: {exc}") from None
     except (OSError, TimeoutError) as exc:
-        raise FeedNetworkError(f"authorize failed: {exc}") from None
+        raise FeedNetworkError(f"{api} failed: {exc or type(exc).__name__}") from None
 
 
 async def authorize(
@@ -126,13 +147,13 @@ async def authorize(
     *,
     ssl_context: ssl.SSLContext | None = None,
     timeout_s: float = 10.0,
-    get: Callable[[str, str, ssl.SSLContext | None, float], bytes] = _get,
+    get: Callable[[str, str, ssl.SSLContext | None, float, str], bytes] = get,
 ) -> str:
     """Return the one-time ``wss`` URL for one connection attempt."""
     url = api_url.rstrip("/") + AUTHORIZE_PATH
     if url.startswith("https://") and ssl_context is None:
         ssl_context = ssl.create_default_context()
-    body = await asyncio.to_thread(get, url, token, ssl_context, timeout_s)
+    body = await asyncio.to_thread(get, url, token, ssl_context, timeout_s, "authorize")
     try:
         payload = json.loads(body)
         uri = payload["data"]["authorized_redirect_uri"]

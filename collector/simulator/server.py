@@ -117,7 +117,10 @@ class Simulator:
         self.connections_total = 0
         self.snapshots_sent = 0
         self.request_delay_s = 0.0
-        self._auth_faults: list[int] = []
+        self._auth_faults: list[tuple[int, float | None]] = []  # (status, Retry-After)
+        self._hang_handshakes = 0
+        self._black_hole: asyncio.Server | None = None
+        self._swallowed: list[asyncio.StreamWriter] = []
         # replay_states > 0: a benchmark mode. Each (key, mode) gets that many
         # successive states, serialized once; live frames are then joined from
         # them in turn, so serving costs next to nothing and a collector can be
@@ -146,6 +149,10 @@ class Simulator:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+        # Accepts connections and never says a word: a handshake that never completes.
+        self._black_hole = await asyncio.start_server(
+            lambda _reader, writer: self._swallowed.append(writer), self.host, 0
+        )
         self._background = asyncio.create_task(self._trade_unwatched(), name="simulator market")
         logger.info("simulator listening on %s", self.url)
 
@@ -158,6 +165,11 @@ class Simulator:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self._black_hole is not None:
+            self._black_hole.close()
+            for writer in self._swallowed:
+                writer.close()
+            self._swallowed.clear()
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -174,9 +186,16 @@ class Simulator:
 
     # -- faults -----------------------------------------------------------------------
 
-    def fail_authorize(self, status: int, count: int = 1) -> None:
-        """Answer the next ``count`` authorize calls with ``status`` (401, 403, 429, 500...)."""
-        self._auth_faults.extend([status] * count)
+    def fail_authorize(self, status: int, count: int = 1, *, retry_after_s: float | None = None) -> None:
+        """Answer the next ``count`` authorize calls with ``status`` (401, 403, 429, 500...).
+
+        ``retry_after_s`` adds a ``Retry-After`` header, as Upstox does on 429.
+        """
+        self._auth_faults.extend([(status, retry_after_s)] * count)
+
+    def hang_handshake(self, count: int = 1) -> None:
+        """Hand out ``count`` socket URLs whose server takes the TCP connection and never answers."""
+        self._hang_handshakes += count
 
     def fail_candles(
         self, status: int, count: int = 1, *, retry_after_s: float | None = None, key: str | None = None
@@ -285,7 +304,14 @@ class Simulator:
             # arg: SEGMENT=STATUS,SEGMENT=STATUS
             await self.set_market(dict(p.split("=", 1) for p in arg.split(",") if p))
         elif kind == "authorize":
-            self.fail_authorize(int(arg or 401), int(query.get("count", ["1"])[0]))
+            after = query.get("retry_after", [""])[0]
+            self.fail_authorize(
+                int(arg or 401),
+                int(query.get("count", ["1"])[0]),
+                retry_after_s=float(after) if after else None,
+            )
+        elif kind == "hang":
+            self.hang_handshake(int(arg or 1))
         elif kind == "candles":
             # arg: a status (429, 500, ...) or "empty"; retry_after, count and key are optional.
             after = query.get("retry_after", [""])[0]
@@ -358,11 +384,18 @@ class Simulator:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return self._json(401, {"status": "error", "errors": [{"errorCode": "UDAPI100050"}]})
         if self._auth_faults:
-            status = self._auth_faults.pop(0)
-            return self._json(status, {"status": "error"})
+            status, after = self._auth_faults.pop(0)
+            response = self._json(status, {"status": "error"})
+            if after is not None:
+                response.headers["Retry-After"] = f"{after:g}"
+            return response
         code = str(uuid.uuid4())
         scheme = "wss" if self.ssl_context else "ws"
-        uri = f"{scheme}://{self.host}:{self.port}{FEED_PATH}?requestId={uuid.uuid4()}&code={code}"
+        port = self.port
+        if self._hang_handshakes and self._black_hole is not None:
+            self._hang_handshakes -= 1
+            port = self._black_hole.sockets[0].getsockname()[1]
+        uri = f"{scheme}://{self.host}:{port}{FEED_PATH}?requestId={uuid.uuid4()}&code={code}"
         self.codes.add(code)
         return self._json(
             200, {"status": "success", "data": {"authorized_redirect_uri": uri, "authorizedRedirectUri": uri}}

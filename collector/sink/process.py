@@ -58,7 +58,11 @@ async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> in
     metrics = SinkMetrics(CollectorRegistry(), connection=spec.connection)
 
     async def connect() -> asyncpg.Connection:
-        return await asyncpg.connect(dsn, timeout=10, command_timeout=300)
+        # Named, so an operator (and the fault tests) can tell the writers' sessions apart.
+        return await asyncpg.connect(
+            dsn, timeout=10, command_timeout=300,
+            server_settings={"application_name": f"collector writer {spec.connection}"},
+        )  # fmt: skip
 
     writer = Writer(
         directory,

@@ -198,6 +198,11 @@ class JournalReader:
                 path.unlink()
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # a disk that refuses: the segment stays until it takes it
+                logger.warning(
+                    "journal %s: cannot delete %s yet: %s", self.directory, path.name, exc.strerror
+                )
+                break
             if self._fd_base == base:
                 self.close()
             freed += size
