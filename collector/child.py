@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -44,6 +45,13 @@ def _die_with_parent() -> None:
 def run_child(name: str, main: ChildMain) -> None:
     """Run ``main`` as a child process named ``name`` (for logs)."""
     _die_with_parent()
+    # A writer holds a batch of tens of thousands of ticks (tuples of lists and
+    # datetimes) that never form reference cycles; Python's default collector
+    # thresholds make it walk all of them again and again, which more than
+    # doubled the cost of decoding (31 against 13 us a tick, profiled with py-spy).
+    # Collect young objects rarely and the old generations more rarely still.
+    gc.freeze()  # what start-up made lives as long as the process
+    gc.set_threshold(100_000, 50, 100)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(asyncio.run(_run(name, main)))
 
