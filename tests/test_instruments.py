@@ -34,15 +34,31 @@ from collector.db.instruments import publish_master, store_master, sync_master
 from collector.db.migrate import MIGRATIONS_DIR, migrate
 from collector.master import COLUMNS, MAX_BYTES, MasterRejected, judge, parse_master
 from collector.metrics import ControlMetrics
-from collector.sequencer import trading_day
+from collector.sequencer import IST, trading_day
 from collector.simulator.market import generate_master
 from tests.conftest import ROOT, fetch
 from tests.helpers import sample
 from tests.stack import free_port
 from tests.test_cli import collector, wait_port
 
-TODAY = trading_day(datetime.now(UTC))
-YESTERDAY = TODAY - timedelta(days=1)
+
+def today() -> date:
+    """The trading day a sync run now stores its master under (IST)."""
+    return trading_day(datetime.now(UTC))
+
+
+def yesterday() -> date:
+    return today() - timedelta(days=1)
+
+
+@pytest.fixture(autouse=True)
+def _not_across_midnight_ist() -> None:
+    """Start no test in the last two minutes of an IST day: its syncs would store under two days."""
+    now = datetime.now(UTC)
+    midnight = datetime.combine(trading_day(now) + timedelta(days=1), datetime.min.time(), UTC) - IST
+    left = (midnight - now).total_seconds()
+    if left < 120:
+        time.sleep(left + 1)
 
 
 def master(stocks: int = 50) -> list[dict[str, Any]]:
@@ -275,9 +291,11 @@ def test_a_few_bad_rows_and_a_repeated_key_are_stored_around_and_reported(
     result = sync(migrated, write(tmp_path, "some-bad.json", json.dumps(rows).encode()))
     assert result.returncode == 0, result.stderr
     line = one_line(result.stdout)
-    assert line.startswith(f"stored {len(good)} rows for {TODAY}, current; skipped 17 of {len(rows)} rows: ")
+    assert line.startswith(
+        f"stored {len(good)} rows for {today()}, current; skipped 17 of {len(rows)} rows: "
+    )
     assert "2 without instrument_key (row" in line and "1 repeated instrument_key" in line
-    assert current(migrated) == (TODAY, len(good))
+    assert current(migrated) == (today(), len(good))
     [m] = fetch(migrated, "SELECT status, row_count, skipped_rows FROM instrument_masters")
     assert tuple(m) == ("accepted", len(good), 17)
 
@@ -294,61 +312,61 @@ def test_a_mostly_garbage_master_is_refused_unless_forced(migrated: str, tmp_pat
     assert current(migrated) == (None, 0)
     forced = sync(migrated, path, "--force")
     assert forced.returncode == 0, forced.stderr
-    assert one_line(forced.stdout).startswith(f"stored 20 rows for {TODAY}, current, accepted with --force")
-    assert current(migrated) == (TODAY, 20)
+    assert one_line(forced.stdout).startswith(f"stored 20 rows for {today()}, current, accepted with --force")
+    assert current(migrated) == (today(), 20)
 
 
 def test_the_guard_holds_back_a_truncated_master_of_a_new_day(migrated: str, tmp_path: Path) -> None:
     full = master()
-    store(migrated, full, YESTERDAY)
+    store(migrated, full, yesterday())
     one = write(tmp_path, "one.json", json.dumps(full[:1]).encode())
 
     held = sync(migrated, one)
     assert held.returncode == 2
     line = one_line(held.stderr)
     assert line == (
-        f"collector: instrument master held back: {TODAY} has 1 row (from {one}), fewer than 80% of the "
-        f"{len(full)} rows of {YESTERDAY} (COLLECTOR_INSTRUMENTS_MIN_RATIO); stored but not current: the "
-        f"master of {YESTERDAY} stays in force; `collector instruments sync --force` accepts it"
+        f"collector: instrument master held back: {today()} has 1 row (from {one}), fewer than 80% of the "
+        f"{len(full)} rows of {yesterday()} (COLLECTOR_INSTRUMENTS_MIN_RATIO); stored but not current: the "
+        f"master of {yesterday()} stays in force; `collector instruments sync --force` accepts it"
     )
-    assert current(migrated) == (YESTERDAY, len(full))  # the universe is resolved from this view
+    assert current(migrated) == (yesterday(), len(full))  # the universe is resolved from this view
     days = {
         r["trading_day"]: (r["status"], r["row_count"])
         for r in fetch(migrated, "SELECT * FROM instrument_masters")
     }
-    assert days == {YESTERDAY: ("accepted", len(full)), TODAY: ("held", 1)}
+    assert days == {yesterday(): ("accepted", len(full)), today(): ("held", 1)}
 
     # The complete master published later that day: the day grows past the ratio and becomes current.
     later = sync(migrated, write(tmp_path, "full.json.gz", gz(full)))
     assert later.returncode == 0, later.stderr
-    assert current(migrated) == (TODAY, len(full))
+    assert current(migrated) == (today(), len(full))
 
 
 def test_the_guards_ratio_is_a_setting(migrated: str, tmp_path: Path) -> None:
     full = master()
-    store(migrated, full, YESTERDAY)
+    store(migrated, full, yesterday())
     small = write(tmp_path, "small.json", json.dumps(full[:200]).encode())  # 72% of yesterday
     assert sync(migrated, small).returncode == 2
-    assert current(migrated) == (YESTERDAY, len(full))
+    assert current(migrated) == (yesterday(), len(full))
     # A lower ratio lets it through...
     relaxed = sync(migrated, small, COLLECTOR_INSTRUMENTS_MIN_RATIO="0.7")
     assert relaxed.returncode == 0, relaxed.stderr
-    assert current(migrated) == (TODAY, 200)
+    assert current(migrated) == (today(), 200)
 
 
 def test_force_makes_a_held_master_current(migrated: str, tmp_path: Path) -> None:
     full = master()
-    store(migrated, full, YESTERDAY)
+    store(migrated, full, yesterday())
     one = write(tmp_path, "one.json", json.dumps(full[:1]).encode())
     assert sync(migrated, one).returncode == 2
     forced = sync(migrated, one, "--force")
     assert forced.returncode == 0, forced.stderr
-    assert one_line(forced.stdout) == f"stored 1 row for {TODAY}, current, accepted with --force"
-    assert current(migrated) == (TODAY, 1)
+    assert one_line(forced.stdout) == f"stored 1 row for {today()}, current, accepted with --force"
+    assert current(migrated) == (today(), 1)
     [m] = fetch(
         migrated,
         "SELECT status, accepted_at IS NOT NULL AS accepted FROM instrument_masters WHERE trading_day = $1",
-        TODAY,
+        today(),
     )
     assert tuple(m) == ("forced", True)
 
@@ -365,7 +383,7 @@ def test_migration_007_keeps_the_current_day_of_an_existing_database(database: s
         conn = await asyncpg.connect(database)
         try:
             await migrate(conn, before_guard)
-            for day, n in ((YESTERDAY - timedelta(days=1), 5), (YESTERDAY, 7)):
+            for day, n in ((yesterday() - timedelta(days=1), 5), (yesterday(), 7)):
                 await conn.executemany(
                     "INSERT INTO instruments (trading_day, instrument_key, segment) VALUES ($1, $2, 'NSE_EQ')",
                     [(day, f"NSE_EQ|K{i}") for i in range(n)],
@@ -375,11 +393,11 @@ def test_migration_007_keeps_the_current_day_of_an_existing_database(database: s
             await conn.close()
 
     asyncio.run(go())
-    assert current(database) == (YESTERDAY, 7)
+    assert current(database) == (yesterday(), 7)
     rows = fetch(database, "SELECT trading_day, status, row_count FROM instrument_masters ORDER BY 1")
     assert [tuple(r) for r in rows] == [
-        (YESTERDAY - timedelta(days=1), "accepted", 5),
-        (YESTERDAY, "accepted", 7),
+        (yesterday() - timedelta(days=1), "accepted", 5),
+        (yesterday(), "accepted", 7),
     ]
 
 
@@ -395,7 +413,7 @@ def test_the_writer_role_loads_and_judges_masters_and_the_reader_cannot(
     migrated: str, tmp_path: Path
 ) -> None:
     full = master()
-    store(migrated, full, YESTERDAY)
+    store(migrated, full, yesterday())
     writer = login(migrated, "collector_writer")
     one = write(tmp_path, "one.json", json.dumps(full[:1]).encode())
     assert sync(writer, one).returncode == 2  # held: the writer may read and write instrument_masters
@@ -418,7 +436,7 @@ async def test_the_supervisors_sync_logs_counts_and_keeps_the_master_in_force(
     rejected = "collector_instrument_master_rejected"
     conn = await asyncpg.connect(migrated)
     try:
-        await store_master(conn, parse_master(gz(full)), day=YESTERDAY)
+        await store_master(conn, parse_master(gz(full)), day=yesterday())
         empty = write(tmp_path, "empty.json.gz", b"")
         assert await sync_master(conn, empty, min_ratio=0.8, metrics=metrics) is None
         assert sample(registry, rejected, {"reason": "unreadable"}) == 1
@@ -486,8 +504,8 @@ def stop(proc: subprocess.Popen[str]) -> int:
 
 def test_run_keeps_the_previous_universe_while_a_new_master_is_held(migrated: str, tmp_path: Path) -> None:
     full = master()
-    store(migrated, full, YESTERDAY)
-    store(migrated, full[:1], TODAY)  # the 06:15 download was cut short: held
+    store(migrated, full, yesterday())
+    store(migrated, full[:1], today())  # the 06:15 download was cut short: held
     proc, port, log = start_run(migrated, tmp_path, str(tmp_path / "unused.json.gz"))
     try:
         deadline = time.monotonic() + 30
@@ -541,8 +559,8 @@ def test_a_large_master_syncs_and_resyncs(migrated: str, tmp_path: Path) -> None
         result = sync(migrated, path)
         timings.append(time.perf_counter() - started)
         assert result.returncode == 0, result.stderr
-        assert one_line(result.stdout) == f"stored {n} rows for {TODAY}, current"
-    assert current(migrated) == (TODAY, n)
+        assert one_line(result.stdout) == f"stored {n} rows for {today()}, current"
+    assert current(migrated) == (today(), n)
     size = os.path.getsize(path)
     print(f"instrument master: {n} rows ({size / 1e6:.1f} MB gzipped) synced in {timings[0]:.1f} s, "
           f"re-synced in {timings[1]:.1f} s")  # fmt: skip

@@ -215,6 +215,19 @@ async def test_secrets_appear_in_no_child_environment_title_log_or_metric(
             await c.wait_for(
                 lambda: c.metric("collector_feed_connect_failures_total", reason="401") >= 1, 60, "401"
             )
+            # ...and so does losing the database: sessions killed, then logins refused for a while.
+            admin = await asyncpg.connect(migrated)
+            try:
+                await admin.execute("ALTER ROLE t_secret_user NOLOGIN")
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 't_secret_user'"
+                )
+                await c.wait_for(lambda: c.metric("collector_database_up") == 0, 60, "the database lost")
+                await asyncio.sleep(2)  # a few refused reconnects, each logged
+            finally:
+                await admin.execute("ALTER ROLE t_secret_user LOGIN")
+                await admin.close()
+            await c.wait_for(lambda: c.metric("collector_database_up") == 1, 60, "the database back")
             seen = []
             for who, pid in {**c.children(), "supervisor": c.pid}.items():
                 proc = Path(f"/proc/{pid}")
@@ -233,6 +246,7 @@ async def test_secrets_appear_in_no_child_environment_title_log_or_metric(
     log = c.log.read_text()
     assert password not in log and token not in log and rc == 0
     assert "401" in log  # the failure was logged, without the token
+    assert "not permitted to log in" in log  # so was the database's refusal, without the password
 
 
 async def test_metrics_are_served_at_metrics_only(migrated: str, tmp_path: Path) -> None:
