@@ -95,6 +95,37 @@ async def test_database_away_then_back_stores_everything_once(migrated: str, tmp
     assert sample(registry, "collector_database_up") == 1
 
 
+async def test_an_idle_writer_notices_when_the_database_ends_its_session(
+    migrated: str, tmp_path: Path
+) -> None:
+    frames = sim_frames(10, seed=11)
+    journal_frames(tmp_path, frames)
+    sessions: list[asyncpg.Connection] = []
+
+    async def connect() -> asyncpg.Connection:
+        sessions.append(await asyncpg.connect(migrated))
+        return sessions[-1]
+
+    writer, registry = make_writer(connect, tmp_path)
+    task = asyncio.create_task(writer.run())
+    try:
+        await until(lambda: writer.caught_up.is_set(), 30, "everything committed")
+        admin = await asyncpg.connect(migrated)
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", sessions[-1].get_server_pid())
+        finally:
+            await admin.close()
+        # Nothing more to write (a night, a closed market): it notices anyway, and says so.
+        await until(lambda: sample(registry, "collector_database_up") == 0, 10, "the lost session noticed")
+        await until(lambda: sample(registry, "collector_database_up") == 1, 30, "a new session")
+        assert len(sessions) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    total = n_ticks(frames)
+    assert await counts(migrated) == (total, total)
+
+
 async def test_restarts_resume_at_the_committed_position(migrated: str, tmp_path: Path) -> None:
     frames = sim_frames(30, seed=9)
     journal_frames(tmp_path, frames[:12])

@@ -234,6 +234,10 @@ class Writer:
                             return
                 else:
                     self.caught_up.clear()
+                if idle and conn.is_closed():
+                    # Nothing to write, but the server ended the session (a restart, a
+                    # terminate, a lost network): say so now, not at the next batch.
+                    raise asyncpg.ConnectionDoesNotExistError("the database closed the connection")
                 waits: set[asyncio.Future[Any]] = set()
                 if inflight is not None:
                     waits.add(inflight)
