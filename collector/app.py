@@ -165,7 +165,7 @@ class Collector:
         self.gapwork = GapWork(
             api_url=s.upstox_api_url, tokens=tokens, rest=self.rest, jobs=self.jobs, metrics=self.metrics,
             calendar=Calendar(parse_hours(s.market_hours)), feeds=lambda: list(self.feeds.values()),
-            shard=self.shards.get,
+            shard=self.shards.get, tasks=self._tasks,
         )  # fmt: skip
         journals = {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
         for connection in sorted(journals | set(self.shards)):
@@ -364,7 +364,7 @@ class Collector:
             sync=sync if s.universe else None,
             sync_time=s.instrument_sync_time,
         )
-        self.gapwork.schedule(scheduler, self._tasks)
+        self.gapwork.schedule(scheduler)
         scheduler.start()
         stack.callback(scheduler.shutdown, False)
 

@@ -62,6 +62,7 @@ class GapWork:
         calendar: Calendar,
         feeds: Callable[[], Iterable[Child]],
         shard: Callable[[int], Shard | None],
+        tasks: list[asyncio.Task[None]],
     ) -> None:
         m = metrics
         self.upstox = UpstoxRest(
@@ -80,12 +81,11 @@ class GapWork:
         self._backfill_due: float | None = None
         self._backfill_timer: asyncio.Task[None] | None = None
         self._awaited: list[tuple[int, Any]] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = tasks  # the collector's: cancelled at its shutdown
 
-    def schedule(self, scheduler: AsyncIOScheduler, tasks: list[asyncio.Task[None]]) -> None:
-        """Holidays now and daily; the backfill on a schedule. Tasks started go to ``tasks``."""
-        self._tasks = tasks
-        tasks.append(asyncio.create_task(self._first_holidays(), name="holidays"))
+    def schedule(self, scheduler: AsyncIOScheduler) -> None:
+        """Holidays now and daily; the backfill on a schedule."""
+        self._tasks.append(asyncio.create_task(self._first_holidays(), name="holidays"))
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 3600}
         scheduler.add_job(self._daily_holidays, "cron", hour=6, minute=5, timezone=IST_TZ, **common)
         scheduler.add_job(self._scheduled_backfill, "interval", seconds=self.BACKFILL_EVERY_S, **common)

@@ -30,12 +30,9 @@ from collector.exceptions import (
     RateLimited,
     TokenRejected,
 )
-from collector.feed.auth import TokenSource, get
+from collector.feed.auth import Get, TokenSource, get
 
-__all__ = ["Get", "UpstoxRest"]
-
-# (url, token, ssl context, timeout) -> body; raises ConnectError.
-Get = Callable[[str, str, ssl.SSLContext | None, float, str], bytes]
+__all__ = ["UpstoxRest"]
 
 
 class UpstoxRest:

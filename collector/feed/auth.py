@@ -35,6 +35,7 @@ __all__ = [
     "AUTHORIZE_PATH",
     "REST_LIMITS",
     "Authorizer",
+    "Get",
     "TokenSource",
     "authorize",
     "get",
@@ -100,6 +101,11 @@ class TokenSource:
         raise ConfigError("COLLECTOR_UPSTOX_TOKEN", "no token configured")
 
 
+# (url, token, ssl context, timeout, api name) -> body, raising ConnectError: :func:`get`,
+# or what a test puts in its place.
+Get = Callable[[str, str, ssl.SSLContext | None, float, str], bytes]
+
+
 def _message(body: bytes) -> str:
     """Upstox's own error text from an error body, if any (``errors[0]``)."""
     try:
@@ -147,7 +153,7 @@ async def authorize(
     *,
     ssl_context: ssl.SSLContext | None = None,
     timeout_s: float = 10.0,
-    get: Callable[[str, str, ssl.SSLContext | None, float, str], bytes] = get,
+    get: Get = get,
 ) -> str:
     """Return the one-time ``wss`` URL for one connection attempt."""
     url = api_url.rstrip("/") + AUTHORIZE_PATH
