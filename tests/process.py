@@ -135,6 +135,12 @@ class CollectorProcess:
             if time.monotonic() - since >= quiet_s:
                 return
 
+    async def until_rows(self, rows: int = 2000, timeout_s: float = 60) -> None:
+        """Wait until more than ``rows`` ticks are committed: the collector is streaming."""
+        await self.wait_for(
+            lambda: self.metric("collector_rows_written_total", table="ticks") > rows, timeout_s, "ticks"
+        )
+
     async def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while not await asyncio.to_thread(condition):

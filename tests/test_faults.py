@@ -14,7 +14,8 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,32 @@ async def kill_writers(tsdb: Server, dsn: str) -> int:
     return len(rows)
 
 
+@dataclass
+class Streaming:
+    """A collector streaming from the simulator, and what was sent since it warmed up."""
+
+    sim: Simulator
+    c: CollectorProcess
+    sent0: int
+    t0: float
+
+    def measured(self) -> tuple[float, int]:
+        """Seconds since the warm-up, and ticks the simulator sent in them."""
+        return time.monotonic() - self.t0, self.sim.stats()["ticks_sent"] - self.sent0
+
+
+@contextlib.asynccontextmanager
+async def streaming(dsn: str, workdir: Path, **env: str) -> AsyncIterator[Streaming]:
+    """The collector at RATE, past its first 2 000 rows; settled and stopped cleanly at the end."""
+    async with Simulator(rate=RATE, stocks=20) as sim:
+        with CollectorProcess(workdir, env_for(sim, dsn, **env)) as c:
+            await c.until_rows()
+            yield Streaming(sim, c, sim.stats()["ticks_sent"], time.monotonic())
+            await c.settle(sim)
+            rc, _ = await c.stop()
+        assert rc == 0, c.tail()
+
+
 async def report(dsn: str, sim: Simulator, figures: Figures, what: str, seconds: float, sent: int) -> None:
     totals = await expect_exactly_once(dsn, sim.stats()["instruments"])
     figures(
@@ -71,124 +98,86 @@ async def report(dsn: str, sim: Simulator, figures: Figures, what: str, seconds:
 async def test_database_stopped_for_a_minute(
     tsdb: Server, migrated: str, tmp_path: Path, figures: Figures
 ) -> None:
-    async with Simulator(rate=RATE, stocks=20) as sim:
-        with CollectorProcess(tmp_path, env_for(sim, migrated)) as c:
-            await c.wait_for(
-                lambda: c.metric("collector_rows_written_total", table="ticks") > 2000, 60, "ticks"
-            )
-            sent0, t0 = sim.stats()["ticks_sent"], time.monotonic()
-            await asyncio.to_thread(tsdb.stop)
-            try:
-                await asyncio.sleep(60)
-                assert c.metric("collector_database_up") == 0
-                assert c.metric("collector_journal_lag_bytes") > 0  # the journal holds the minute
-            finally:
-                await asyncio.to_thread(tsdb.start)
-            seconds, sent = time.monotonic() - t0, sim.stats()["ticks_sent"] - sent0
-            await c.wait_for(lambda: c.metric("collector_database_up") == 1, 90, "the database back")
-            await c.settle(sim)
-            rc, _ = await c.stop()
-        assert rc == 0, c.tail()
-        await report(migrated, sim, figures, f"[{tsdb.flavour}] database stopped", seconds, sent)
+    async with streaming(migrated, tmp_path) as s:
+        await asyncio.to_thread(tsdb.stop)
+        try:
+            await asyncio.sleep(60)
+            assert s.c.metric("collector_database_up") == 0
+            assert s.c.metric("collector_journal_lag_bytes") > 0  # the journal holds the minute
+        finally:
+            await asyncio.to_thread(tsdb.start)
+        seconds, sent = s.measured()
+        await s.c.wait_for(lambda: s.c.metric("collector_database_up") == 1, 90, "the database back")
+    await report(migrated, s.sim, figures, f"[{tsdb.flavour}] database stopped", seconds, sent)
 
 
 async def test_the_writers_sessions_killed_again_and_again(
     tsdb: Server, migrated: str, tmp_path: Path, figures: Figures
 ) -> None:
-    async with Simulator(rate=RATE, stocks=20) as sim:
-        with CollectorProcess(tmp_path, env_for(sim, migrated)) as c:
-            await c.wait_for(
-                lambda: c.metric("collector_rows_written_total", table="ticks") > 2000, 60, "ticks"
-            )
-            sent0, t0 = sim.stats()["ticks_sent"], time.monotonic()
-            killed = 0
-            for _ in range(12):
-                killed += await kill_writers(tsdb, migrated)
-                await asyncio.sleep(1.5)
-            seconds, sent = time.monotonic() - t0, sim.stats()["ticks_sent"] - sent0
-            assert killed >= 12 and c.metric("collector_write_failures_total", kind="transient") >= 6
-            await c.settle(sim)
-            rc, _ = await c.stop()
-        assert rc == 0, c.tail()
-        await report(
-            migrated, sim, figures, f"[{tsdb.flavour}] {killed} writer sessions killed", seconds, sent
-        )
+    async with streaming(migrated, tmp_path) as s:
+        # Twelve kills, each of a session the writers made again after the last one: a writer
+        # in its reconnect backoff has no session to kill, so count kills, not attempts.
+        killed, deadline = 0, time.monotonic() + 60
+        while killed < 12:
+            assert time.monotonic() < deadline, f"the writers came back for only {killed} kills in 60 s"
+            killed += await kill_writers(tsdb, migrated)
+            await asyncio.sleep(1.5)
+        seconds, sent = s.measured()
+        assert s.c.metric("collector_write_failures_total", kind="transient") >= 6
+    await report(migrated, s.sim, figures, f"[{tsdb.flavour}] {killed} writer sessions killed", seconds, sent)
 
 
 async def test_a_statement_timeout_hit_mid_copy(
     tsdb: Server, migrated: str, tmp_path: Path, figures: Figures
 ) -> None:
     name = migrated.rsplit("/", 1)[1]
-    async with Simulator(rate=RATE, stocks=20) as sim:
-        with CollectorProcess(tmp_path, env_for(sim, migrated)) as c:
-            await c.wait_for(
-                lambda: c.metric("collector_rows_written_total", table="ticks") > 2000, 60, "ticks"
-            )
-            sent0, t0 = sim.stats()["ticks_sent"], time.monotonic()
-            failures0 = c.metric("collector_write_failures_total", kind="transient")
-            await admin(tsdb, f"ALTER DATABASE {name} SET statement_timeout = '2ms'")
-            try:
-                await kill_writers(tsdb, migrated)  # new sessions get the timeout
-                await asyncio.sleep(15)
-                assert c.metric("collector_write_failures_total", kind="transient") > failures0 + 3
-            finally:
-                await admin(tsdb, f"ALTER DATABASE {name} RESET statement_timeout")
-                await kill_writers(tsdb, migrated)
-            seconds, sent = time.monotonic() - t0, sim.stats()["ticks_sent"] - sent0
-            await c.settle(sim)
-            rc, _ = await c.stop()
-        assert rc == 0, c.tail()
-        await report(migrated, sim, figures, f"[{tsdb.flavour}] 2 ms statement timeout", seconds, sent)
+    async with streaming(migrated, tmp_path) as s:
+        failures0 = s.c.metric("collector_write_failures_total", kind="transient")
+        await admin(tsdb, f"ALTER DATABASE {name} SET statement_timeout = '2ms'")
+        try:
+            await kill_writers(tsdb, migrated)  # new sessions get the timeout
+            await asyncio.sleep(15)
+            assert s.c.metric("collector_write_failures_total", kind="transient") > failures0 + 3
+        finally:
+            await admin(tsdb, f"ALTER DATABASE {name} RESET statement_timeout")
+            await kill_writers(tsdb, migrated)
+        seconds, sent = s.measured()
+    await report(migrated, s.sim, figures, f"[{tsdb.flavour}] 2 ms statement timeout", seconds, sent)
 
 
 async def test_the_server_restarted_while_copies_are_in_flight(
     tsdb: Server, migrated: str, tmp_path: Path, figures: Figures
 ) -> None:
-    async with Simulator(rate=RATE, stocks=20) as sim:
-        with CollectorProcess(tmp_path, env_for(sim, migrated)) as c:
-            await c.wait_for(
-                lambda: c.metric("collector_rows_written_total", table="ticks") > 2000, 60, "ticks"
-            )
-            sent0, t0 = sim.stats()["ticks_sent"], time.monotonic()
-            for _ in range(3):  # at 5 000 ticks/s a COPY is nearly always in flight
-                await asyncio.to_thread(tsdb.stop)
-                await asyncio.to_thread(tsdb.start)
-                await c.wait_for(lambda: c.metric("collector_database_up") == 1, 60, "writing again")
-                await asyncio.sleep(2)
-            seconds, sent = time.monotonic() - t0, sim.stats()["ticks_sent"] - sent0
-            await c.settle(sim)
-            rc, _ = await c.stop()
-        assert rc == 0, c.tail()
-        await report(migrated, sim, figures, f"[{tsdb.flavour}] server restarted 3 times", seconds, sent)
+    async with streaming(migrated, tmp_path) as s:
+        for _ in range(3):  # at 5 000 ticks/s a COPY is nearly always in flight
+            await asyncio.to_thread(tsdb.stop)
+            await asyncio.to_thread(tsdb.start)
+            await s.c.wait_for(lambda: s.c.metric("collector_database_up") == 1, 60, "writing again")
+            await asyncio.sleep(2)
+        seconds, sent = s.measured()
+    await report(migrated, s.sim, figures, f"[{tsdb.flavour}] server restarted 3 times", seconds, sent)
 
 
 async def test_a_table_lock_held_for_thirty_seconds(
     tsdb: Server, migrated: str, tmp_path: Path, figures: Figures
 ) -> None:
-    async with Simulator(rate=RATE, stocks=20) as sim:
-        with CollectorProcess(tmp_path, env_for(sim, migrated)) as c:
-            await c.wait_for(
-                lambda: c.metric("collector_rows_written_total", table="ticks") > 2000, 60, "ticks"
-            )
-            sent0, t0 = sim.stats()["ticks_sent"], time.monotonic()
-            blocker = await asyncpg.connect(migrated)
-            try:
-                async with blocker.transaction():
-                    await blocker.execute("LOCK TABLE ticks IN EXCLUSIVE MODE")  # writes wait, reads go on
-                    rows = c.metric("collector_rows_written_total", table="ticks")
-                    await asyncio.sleep(30)
-                    assert c.metric("collector_rows_written_total", table="ticks") == rows
-            finally:
-                await blocker.close()
-            seconds, sent = time.monotonic() - t0, sim.stats()["ticks_sent"] - sent0
-            await c.settle(sim)
-            # The oldest row waited the whole lock: the receive → commit histogram shows it.
-            assert c.metric("collector_receive_to_commit_seconds_bucket", le="30.0") < c.metric(
-                "collector_receive_to_commit_seconds_count"
-            )
-            rc, _ = await c.stop()
-        assert rc == 0, c.tail()
-        await report(migrated, sim, figures, f"[{tsdb.flavour}] ticks locked", seconds, sent)
+    async with streaming(migrated, tmp_path) as s:
+        blocker = await asyncpg.connect(migrated)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE ticks IN EXCLUSIVE MODE")  # writes wait, reads go on
+                rows = s.c.metric("collector_rows_written_total", table="ticks")
+                await asyncio.sleep(30)
+                assert s.c.metric("collector_rows_written_total", table="ticks") == rows
+        finally:
+            await blocker.close()
+        seconds, sent = s.measured()
+        await s.c.settle(s.sim)
+        # The oldest row waited the whole lock: the receive → commit histogram shows it.
+        assert s.c.metric("collector_receive_to_commit_seconds_bucket", le="30.0") < s.c.metric(
+            "collector_receive_to_commit_seconds_count"
+        )
+    await report(migrated, s.sim, figures, f"[{tsdb.flavour}] ticks locked", seconds, sent)
 
 
 # -- the disk ----------------------------------------------------------------------------
@@ -227,33 +216,27 @@ async def gaps_with(dsn: str, reason: str) -> int:
 async def test_a_full_journal_disk_stops_reading_then_resumes(
     tsdb: Server, migrated: str, tmp_path: Path, tmpfs: Path, figures: Figures
 ) -> None:
-    async with Simulator(rate=RATE, stocks=20) as sim:
-        env = env_for(sim, migrated)
-        env.update(COLLECTOR_JOURNAL_DIR=str(tmpfs), COLLECTOR_JOURNAL_SEGMENT_BYTES=str(1024 * 1024))
-        with CollectorProcess(tmp_path, env) as c:
-            await c.wait_for(
-                lambda: c.metric("collector_rows_written_total", table="ticks") > 2000, 60, "ticks"
-            )
-            await asyncio.to_thread(tsdb.stop)  # nothing is committed, so nothing is freed
-            t0 = time.monotonic()
-            try:
-                await c.wait_for(lambda: c.metric("collector_journal_full") >= 1, 60, "the disk full")
-                filled = time.monotonic() - t0
-                assert c.metric("collector_journal_write_errors_total") >= 1
-                assert c.metric("collector_feed_connected") < 2  # a connection stopped reading
-                await asyncio.sleep(5)
-            finally:
-                await asyncio.to_thread(tsdb.start)
-            stopped = time.monotonic() - t0 - filled
-            # The writers commit and delete segments; the disk has room; reading resumes.
-            await c.wait_for(lambda: c.metric("collector_journal_full") == 0, 90, "room again")
-            await c.wait_for(lambda: c.metric("collector_feed_connected") == 2, 60, "reading again")
-            await c.settle(sim)
-            assert c.metric("collector_journal_corrupt_records_total") == 0  # no torn record left behind
-            rc, _ = await c.stop()
-        assert rc == 0, c.tail()
-        stored, sent = await stored_consistently(migrated, sim)
-        assert await gaps_with(migrated, "journal") >= 1
+    journal = {"COLLECTOR_JOURNAL_DIR": str(tmpfs), "COLLECTOR_JOURNAL_SEGMENT_BYTES": str(1024 * 1024)}
+    async with streaming(migrated, tmp_path, **journal) as s:
+        c = s.c
+        await asyncio.to_thread(tsdb.stop)  # nothing is committed, so nothing is freed
+        t0 = time.monotonic()
+        try:
+            await c.wait_for(lambda: c.metric("collector_journal_full") >= 1, 60, "the disk full")
+            filled = time.monotonic() - t0
+            assert c.metric("collector_journal_write_errors_total") >= 1
+            assert c.metric("collector_feed_connected") < 2  # a connection stopped reading
+            await asyncio.sleep(5)
+        finally:
+            await asyncio.to_thread(tsdb.start)
+        stopped = time.monotonic() - t0 - filled
+        # The writers commit and delete segments; the disk has room; reading resumes.
+        await c.wait_for(lambda: c.metric("collector_journal_full") == 0, 90, "room again")
+        await c.wait_for(lambda: c.metric("collector_feed_connected") == 2, 60, "reading again")
+        await c.settle(s.sim)
+        assert c.metric("collector_journal_corrupt_records_total") == 0  # no torn record left behind
+    stored, sent = await stored_consistently(migrated, s.sim)
+    assert await gaps_with(migrated, "journal") >= 1
     figures(
         f"[{tsdb.flavour}] 24 MiB journal disk full after {filled:.0f} s at {RATE:,.0f} ticks/s, reading stopped "
         f"~{stopped:.0f} s: {sent - stored:,} ticks sent meanwhile were not read (recorded as gaps; "
@@ -271,28 +254,22 @@ def immutable(folder: Path, on: bool) -> None:
 async def test_a_read_only_journal_stops_reading_then_resumes(
     tsdb: Server, migrated: str, tmp_path: Path, figures: Figures
 ) -> None:
-    async with Simulator(rate=RATE, stocks=20) as sim:
-        with CollectorProcess(tmp_path, env_for(sim, migrated)) as c:
-            journal = tmp_path / "journal"
-            await c.wait_for(
-                lambda: c.metric("collector_rows_written_total", table="ticks") > 2000, 60, "ticks"
-            )
-            await asyncio.to_thread(immutable, journal, True)
-            t0 = time.monotonic()
-            try:
-                await c.wait_for(lambda: c.metric("collector_journal_full") == 2, 30, "both stopped reading")
-                assert c.metric("collector_journal_write_errors_total") >= 2
-                await asyncio.sleep(5)
-            finally:
-                await asyncio.to_thread(immutable, journal, False)
-            stopped = time.monotonic() - t0
-            await c.wait_for(lambda: c.metric("collector_feed_connected") == 2, 60, "reading again")
-            await c.settle(sim)
-            assert c.metric("collector_journal_corrupt_records_total") == 0
-            rc, _ = await c.stop()
-        assert rc == 0, c.tail()
-        stored, sent = await stored_consistently(migrated, sim)
-        assert await gaps_with(migrated, "journal") >= 2
+    async with streaming(migrated, tmp_path) as s:
+        c, journal = s.c, tmp_path / "journal"
+        await asyncio.to_thread(immutable, journal, True)
+        t0 = time.monotonic()
+        try:
+            await c.wait_for(lambda: c.metric("collector_journal_full") == 2, 30, "both stopped reading")
+            assert c.metric("collector_journal_write_errors_total") >= 2
+            await asyncio.sleep(5)
+        finally:
+            await asyncio.to_thread(immutable, journal, False)
+        stopped = time.monotonic() - t0
+        await c.wait_for(lambda: c.metric("collector_feed_connected") == 2, 60, "reading again")
+        await c.settle(s.sim)
+        assert c.metric("collector_journal_corrupt_records_total") == 0
+    stored, sent = await stored_consistently(migrated, s.sim)
+    assert await gaps_with(migrated, "journal") >= 2
     figures(
         f"[{tsdb.flavour}] journal read-only for {stopped:.0f} s at {RATE:,.0f} ticks/s: "
         f"{sent - stored:,} ticks sent meanwhile were not read (recorded as gaps; {sent:,} sent in the test), "
@@ -346,9 +323,7 @@ async def test_a_signal_in_every_state_loses_nothing_read(
         env = env_for(sim, single_migrated, COLLECTOR_SHUTDOWN_TIMEOUT_S=str(timeout_s))
         first = CollectorProcess(tmp_path, env).start()
         try:
-            await first.wait_for(
-                lambda: first.metric("collector_rows_written_total", table="ticks") > 2000, 60, "ticks"
-            )
+            await first.until_rows()
             async with state(where, single_tsdb, single_migrated, first):
                 await first.settle(sim)  # so that "sent" is "read" at the moment of the signal
                 if how == "SIGTERM":

@@ -21,6 +21,7 @@ import yaml
 
 from collector.feed.auth import AUTHORIZE_LIMITS
 from tests.conftest import ROOT, Server
+from tests.helpers import wait
 from tests.process import counts_by_instrument
 from tests.stack import Stack
 
@@ -30,14 +31,6 @@ RULES = ROOT / "prometheus" / "rules" / "collector.yml"
 def alert_expr(name: str) -> str:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return next(r["expr"] for g in groups for r in g["rules"] if r.get("alert") == name)
-
-
-def wait(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout_s, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return time.monotonic() - started
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from collector.metrics import ControlMetrics, SinkMetrics
 from collector.sink.store import BatchStore
 from tests.conftest import ROOT, Server
 from tests.grafana import expand
+from tests.helpers import wait
 from tests.stack import Stack
 
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -37,13 +37,6 @@ def panels() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
         for panel in board["panels"]:
             for target in panel["targets"]:
                 yield path.name, panel, target
-
-
-def wait(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

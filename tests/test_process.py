@@ -39,9 +39,7 @@ async def test_streams_and_stops_on_sigterm_with_everything_read_committed(
 ) -> None:
     async with Simulator(rate=2000, stocks=20) as sim:
         with CollectorProcess(tmp_path, env_for(sim, migrated)) as c:
-            await c.wait_for(
-                lambda: c.metric("collector_rows_written_total", table="ticks") > 2000, 60, "ticks"
-            )
+            await c.until_rows()
             children = c.children()
             assert sorted(children) == ["feed 0", "feed 1", "sink 0", "sink 1"], children
             assert c.metric("collector_process_up") == 4
