@@ -47,11 +47,11 @@ import asyncpg  # noqa: E402
 from google.protobuf.json_format import MessageToDict  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from collector.core.decode import decode_frame  # noqa: E402
+from collector.core.records import TICK_COLUMNS  # noqa: E402
+from collector.core.sequencer import TickSequencer  # noqa: E402
 from collector.db.migrate import migrate  # noqa: E402
-from collector.decode import decode_frame  # noqa: E402
 from collector.proto import MarketDataFeedV3_pb2 as pb  # noqa: E402
-from collector.records import TICK_COLUMNS  # noqa: E402
-from collector.sequencer import TickSequencer  # noqa: E402
 from collector.simulator.market import SimMarket, generate_master  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

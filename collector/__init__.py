@@ -1,14 +1,23 @@
 """collector: Upstox V3 market data into TimescaleDB, observable in Prometheus and Grafana.
 
-The pipeline, and where each stage lives:
+One supervisor process and, per connection, a feed process and a writer
+process. The data flows one way: socket → journal → decode → sequence →
+batch → TimescaleDB. Where each part lives:
 
-    feed/       socket → journal     (``connection``, ``journal``; ``auth`` for the REST side)
-    journal     the record format both sides share
-    sink/       journal → decode → sequence → batch → store   (``tail``, ``writer``, ``store``)
-    decode, sequencer, batch, protocol, universe, market, calendar: the pure core (no I/O)
-    db/         migrations, the instrument master, scheduled jobs
-    app         the supervisor: one feed and one writer process per connection
-    simulator/  speaks the same protocol, for tests and demos
+    core/        the rules, no I/O: records, times, decode, sequencer, batch, market, calendar,
+                 universe, master, requests, shards, gaps, backoff, ratelimit
+    journal/     the one log both processes of a connection share: format, files, appender, reader
+    ipc/         supervisor ↔ child: the channel, the child runtime, the metric files
+    feed/        the feed process: socket → journal      (``connection``, ``process``)
+    writer/      the writer process: journal → database  (``writer``, ``store``, ``process``)
+    supervisor/  the parent: startup → main loop → shutdown (``supervisor``), its children
+                 (``children``), Upstox's REST API (``upstox``), holidays and backfill (``gapwork``),
+                 ``/metrics`` (``serving``)
+    db/          SQL: connect, migrations, the instrument master, holidays, backfill, jobs
+    proto/       the generated protobuf code; simulator/ a local stand-in for Upstox
+
+``cli`` holds the commands; ``settings``, ``exceptions`` and ``metrics`` are
+shared by every process.
 """
 
 __version__ = "0.2.0"

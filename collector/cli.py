@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from collector.core.master import MasterRejected
 from collector.exceptions import CollectorError, ConfigError
-from collector.master import MasterRejected
 from collector.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "instruments":
             return asyncio.run(_sync(settings, args.source, args.force))
         elif args.command == "run":
-            from collector.app import run
+            from collector.supervisor.supervisor import run
 
             asyncio.run(_until_signalled(lambda stop: run(settings, stop=stop)))
     except ConfigError as exc:

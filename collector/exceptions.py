@@ -7,17 +7,17 @@
     │   └── JournalLockedError      another process holds the journal folder
     ├── DecodeError (ValueError)    a frame could not be decoded; counted, skipped
     ├── MigrationError              a migration failed or an applied file changed
-    ├── ConnectError                one feed connection attempt failed
+    ├── UpstoxError                 a call to Upstox failed: the feed socket or a REST API
     │   ├── TokenRejected           401: the token is wrong; re-read it, retry slowly
     │   ├── AccessForbidden         403: reused code, expired token, no entitlement
     │   ├── RateLimited             429: back off harder
-    │   ├── FeedNetworkError        DNS, TCP, timeouts, 5xx, closed sockets
-    │   ├── FeedTLSError            certificate verification or handshake failure
-    │   └── FeedProtocolError       the server broke the protocol
+    │   ├── UpstoxNetworkError      DNS, TCP, timeouts, 5xx, closed sockets
+    │   ├── UpstoxTLSError          certificate verification or handshake failure
+    │   └── UpstoxProtocolError     Upstox broke the protocol, or refused the request (4xx)
     ├── JournalWriteError (OSError) the journal's disk refused an append
     └── PositionConflict            a journal's committed position moved under us
 
-``ConnectError.reason`` is the fixed label used in metrics ("401", "403",
+``UpstoxError.reason`` is the fixed label used in metrics ("401", "403",
 "429", "network", "tls", "protocol"). No exception carries a token.
 """
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-ConnectReason = Literal["401", "403", "429", "network", "tls", "protocol"]
-CONNECT_REASONS: tuple[ConnectReason, ...] = ("401", "403", "429", "network", "tls", "protocol")
+UpstoxReason = Literal["401", "403", "429", "network", "tls", "protocol"]
+UPSTOX_REASONS: tuple[UpstoxReason, ...] = ("401", "403", "429", "network", "tls", "protocol")
 
 
 class CollectorError(Exception):
@@ -49,47 +49,47 @@ class MigrationError(CollectorError):
     """A migration could not be applied, or an applied one was changed."""
 
 
-class ConnectError(CollectorError):
-    """A connection attempt to the feed failed."""
+class UpstoxError(CollectorError):
+    """A call to Upstox failed: a feed connection attempt, or a REST call (authorize, candles, holidays)."""
 
-    reason: ClassVar[ConnectReason] = "network"
+    reason: ClassVar[UpstoxReason] = "network"
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
 
-class TokenRejected(ConnectError):
+class TokenRejected(UpstoxError):
     """HTTP 401: the access token is missing, malformed or revoked."""
 
     reason = "401"
 
 
-class AccessForbidden(ConnectError):
+class AccessForbidden(UpstoxError):
     """HTTP 403: a reused one-time code, an expired token, or no entitlement."""
 
     reason = "403"
 
 
-class RateLimited(ConnectError):
+class RateLimited(UpstoxError):
     """HTTP 429: Upstox's REST rate limit was hit."""
 
     reason = "429"
 
 
-class FeedNetworkError(ConnectError):
+class UpstoxNetworkError(UpstoxError):
     """The network failed: refused, reset, timed out, or a 5xx answer."""
 
     reason = "network"
 
 
-class FeedTLSError(ConnectError):
+class UpstoxTLSError(UpstoxError):
     """TLS failed, most often certificate verification."""
 
     reason = "tls"
 
 
-class FeedProtocolError(ConnectError):
+class UpstoxProtocolError(UpstoxError):
     """The server answered something the protocol does not allow."""
 
     reason = "protocol"
@@ -109,15 +109,15 @@ class JournalWriteError(CollectorError, OSError):
 class PositionConflict(CollectorError):
     """The committed journal position is not where this writer left it.
 
-    Another writer committed in between (it should not exist: the sink holds a
+    Another writer committed in between (it should not exist: the writer holds a
     lock), or a commit whose outcome was unknown did happen. Either way the
     writer reloads the position and state from the database and goes on from
     there, so nothing is stored twice.
     """
 
 
-def classify_http_status(status: int, what: str, retry_after: str | None = None) -> ConnectError:
-    """The ConnectError for an HTTP status answered by ``what``."""
+def classify_http_status(status: int, what: str, retry_after: str | None = None) -> UpstoxError:
+    """The UpstoxError for an HTTP status answered by ``what``."""
     if status == 401:
         return TokenRejected(f"{what} answered 401: the token is invalid or expired")
     if status == 403:
@@ -129,5 +129,5 @@ def classify_http_status(status: int, what: str, retry_after: str | None = None)
             after = None
         return RateLimited(f"{what} answered 429", retry_after_s=after)
     if 500 <= status < 600:
-        return FeedNetworkError(f"{what} answered {status}")
-    return FeedProtocolError(f"{what} answered {status}")
+        return UpstoxNetworkError(f"{what} answered {status}")
+    return UpstoxProtocolError(f"{what} answered {status}")

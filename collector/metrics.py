@@ -2,13 +2,13 @@
 
 The collector is several processes (a supervisor, and a feed and a writer
 process per connection), served as one ``/metrics`` by the supervisor through
-prometheus_client's multiprocess mode (:func:`use_multiprocess`): each process
+prometheus_client's multiprocess mode (:mod:`collector.ipc.metrics`): each process
 writes its values to memory-mapped files in one folder, the supervisor merges
 them at scrape time. We use it rather than shipping samples between processes
 ourselves because it is the library's own mechanism, costs no messages, and a
 counter survives the crash of the process that incremented it (its file
 stays). Each process creates only the series it owns (:class:`FeedMetrics`,
-:class:`SinkMetrics`, :class:`ControlMetrics`); every gauge says how values of
+:class:`WriterMetrics`, :class:`SupervisorMetrics`); every gauge says how values of
 several processes combine (``multiprocess_mode``).
 
 Labels take values only from fixed sets: connection ids (0..connections-1),
@@ -19,26 +19,20 @@ created at start-up so that series exist at 0 before anything happens.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from collector.exceptions import CONNECT_REASONS
-from collector.records import MODES, TICK_KINDS
+from collector.core.records import MODES, TICK_KINDS
+from collector.exceptions import UPSTOX_REASONS
 
 __all__ = [
     "LATENCY_BUCKETS_S",
     "SEGMENTS",
-    "ControlMetrics",
     "FeedMetrics",
-    "SinkMetrics",
-    "serve_metrics",
-    "serving_registry",
-    "use_multiprocess",
+    "SupervisorMetrics",
+    "WriterMetrics",
 ]
 
 PREFIX = "collector"
@@ -53,87 +47,13 @@ TABLES = ("ticks", "exchange_bars", "market_status", "feed_sessions", "feed_gaps
 JOBS = ("instrument_sync", "candle_refresh", "retention", "backfill")
 # Why a new instrument master is not in force: refused whole, or held by the truncated-master guard.
 MASTER_REJECTIONS = ("unreadable", "bad_rows", "held")
-PROCESSES = ("feed", "sink")
+PROCESSES = ("feed", "writer")
 # One bucket sits exactly at each alert threshold and issue target (0.25 s, 1 s, 5 s).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 COPY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000)
 
-Mode = Literal["livemax", "livemin", "livesum", "max", "mostrecent", "livemostrecent"]
-_MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def use_multiprocess(directory: Path, *, clean: bool = False) -> None:
-    """Make this process write its metrics to ``directory`` (before creating any).
-
-    ``clean`` empties the folder first: the supervisor does so at start-up, so
-    no file of an earlier run is counted.
-    """
-    if clean and directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.environ[_MULTIPROCESS_ENV] = str(directory)
-    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # untyped library
-
-
-def serving_registry(directory: Path) -> CollectorRegistry:
-    """The registry ``/metrics`` serves: every process's files, merged."""
-    from prometheus_client import multiprocess
-
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-    return registry
-
-
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Any:
-    """Serve ``registry`` at ``http://host:port/metrics`` from a thread; nothing else is served.
-
-    Returns the server (``server_port``, ``shutdown()``, ``server_close()``).
-    A port in use or an unusable host is a ConfigError naming the setting.
-    """
-    import socket
-    import threading
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    from prometheus_client import make_wsgi_app
-    from prometheus_client.exposition import ThreadingWSGIServer
-
-    from collector.exceptions import ConfigError
-
-    metrics_app = make_wsgi_app(registry)
-
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO") != "/metrics":
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"only /metrics is served here\n"]
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
-            return [b""]
-        return metrics_app(environ, start_response)
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    try:
-        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=Quiet)
-    except socket.gaierror as exc:
-        raise ConfigError(
-            "COLLECTOR_METRICS_HOST", f"{host!r} is not an address here ({exc.strerror})"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            "COLLECTOR_METRICS_PORT", f"cannot listen on {host}:{port}: {exc.strerror}"
-        ) from None
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
-
-
-def mark_dead(pid: int, directory: Path) -> None:
-    """Drop the live gauges of a process that exited (its counters stay counted)."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+MultiprocessMode = Literal["livemax", "livemin", "livesum", "max", "mostrecent", "livemostrecent"]
 
 
 class _Factory:
@@ -143,7 +63,7 @@ class _Factory:
     def counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
         return Counter(f"{PREFIX}_{name}", doc, list(labels), registry=self.registry)
 
-    def gauge(self, name: str, doc: str, labels: Iterable[str] = (), *, mode: Mode) -> Gauge:
+    def gauge(self, name: str, doc: str, labels: Iterable[str] = (), *, mode: MultiprocessMode) -> Gauge:
         return Gauge(f"{PREFIX}_{name}", doc, list(labels), registry=self.registry, multiprocess_mode=mode)
 
     def histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
@@ -207,7 +127,7 @@ class FeedMetrics:
                   self.pongs, self.bytes, self.text_messages, self.journal_full,
                   self.journal_write_errors):  # fmt: skip
             m.labels(c)
-        for reason in CONNECT_REASONS:
+        for reason in UPSTOX_REASONS:
             self.connect_failures.labels(c, reason)
         for kind in ("initial_feed", "live_feed", "market_info"):
             self.frames.labels(c, kind)
@@ -222,7 +142,7 @@ class FeedMetrics:
             self.market_status.labels(segment, s).set(1 if s == status else 0)
 
 
-class SinkMetrics:
+class WriterMetrics:
     """What a writer process (one journal into the database) exports."""
 
     def __init__(self, registry: CollectorRegistry, *, connection: int = 0) -> None:
@@ -281,7 +201,7 @@ class SinkMetrics:
         self.duplicates.labels("snapshot")
 
 
-class ControlMetrics:
+class SupervisorMetrics:
     """What the supervisor (universe, jobs, processes, token) exports."""
 
     def __init__(self, registry: CollectorRegistry, *, connections: int = 2, version: str = "0") -> None:
@@ -363,7 +283,7 @@ class ControlMetrics:
             "backfill_candles_total", "1-minute candles filled in from Upstox's candle APIs"
         )
         for api in ("authorize", "candles", "holidays"):
-            for failure in CONNECT_REASONS:
+            for failure in UPSTOX_REASONS:
                 self.rest_failures.labels(api, failure)
         for status in ("pending", "filled", "partial", "unfillable"):
             self.gaps.labels(status)

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
     Field,
     SecretStr,
     ValidationError,
@@ -25,39 +24,18 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from collector.calendar import DEFAULT_HOURS, parse_hours
+from collector.core.calendar import DEFAULT_HOURS, parse_hours
+from collector.core.records import Mode
+from collector.core.universe import UniverseFilter
 from collector.exceptions import ConfigError
-from collector.records import Mode
 
-__all__ = ["Settings", "UniverseFilter", "load_settings"]
+__all__ = ["Settings", "load_settings"]
 
 DEFAULT_INSTRUMENTS_URL = "https://assets.upstox.com/market-quote/instruments/exchange/complete.json.gz"
 # No duration the collector waits for makes sense beyond a day; larger ones overflow timedelta.
 MAX_SECONDS = 86_400.0
 MAX_RETENTION_DAYS = 36_500
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
-
-
-class UniverseFilter(BaseModel):
-    """A rule selecting instruments from the master, subscribed in ``mode``.
-
-    Every given criterion must match. Example, the F&O stock futures of the
-    nearest expiry without index underlyings::
-
-        {"mode": "full", "segments": ["NSE_FO"], "instrument_types": ["FUT"],
-         "exclude_underlyings": ["NIFTY", "BANKNIFTY", "FINNIFTY", "MIDCPNIFTY"],
-         "nearest_expiries": 1}
-    """
-
-    model_config = {"extra": "forbid"}
-
-    mode: Mode = "ltpc"
-    segments: list[str] | None = None
-    instrument_types: list[str] | None = None
-    underlyings: list[str] | None = None
-    exclude_underlyings: list[str] = []
-    underlying_types: list[str] | None = None
-    nearest_expiries: int | None = Field(default=None, ge=1)
 
 
 class Settings(BaseSettings):

@@ -1,8 +1,8 @@
-"""Drive the sink the way the collector does: frames in a real journal, a real writer, a real database.
+"""Drive the writer the way the collector does: frames in a real journal, a real writer, a real database.
 
 ``encode_ticks`` turns ticks back into protobuf frames (so tests that build
 ticks by hand still go through the decoder), ``journal_frames`` appends
-frames to a journal folder, ``store`` runs a :class:`~collector.sink.writer.Writer`
+frames to a journal folder, ``store`` runs a :class:`~collector.writer.writer.Writer`
 on that folder until everything on disk is committed.
 """
 
@@ -17,13 +17,13 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from collector.feed.journal import JournalWriter
-from collector.journal import FRAME
-from collector.metrics import SinkMetrics
+from collector.core.records import Tick
+from collector.journal.appender import JournalAppender
+from collector.journal.format import FRAME
+from collector.metrics import WriterMetrics
 from collector.proto import MarketDataFeedV3_pb2 as pb
-from collector.records import Tick
 from collector.simulator.market import SimMarket, generate_master
-from collector.sink.writer import Writer
+from collector.writer.writer import Writer
 
 __all__ = ["encode_ticks", "journal_frames", "make_writer", "sim_frames", "store"]
 
@@ -79,7 +79,7 @@ def sim_frames(n_frames: int = 5, *, stocks: int = 10, seed: int = 5) -> list[by
 
 def journal_frames(directory: Path, frames: Iterable[bytes], *, kind: int = FRAME) -> int:
     """Append frames to the journal in ``directory``; return its end position."""
-    with JournalWriter(directory, fsync="never") as journal:
+    with JournalAppender(directory, fsync="never") as journal:
         for frame in frames:
             journal.append(kind, frame)
         return journal.position
@@ -101,7 +101,7 @@ def make_writer(
         directory,
         connection=connection,
         connect=connect,
-        metrics=SinkMetrics(registry, connection=connection),
+        metrics=WriterMetrics(registry, connection=connection),
         backoff=lambda: iter(lambda: 0.05, None),
         **kw,  # type: ignore[arg-type]
     )

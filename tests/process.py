@@ -153,7 +153,7 @@ class CollectorProcess:
     # -- processes --------------------------------------------------------------------
 
     def children(self) -> dict[str, int]:
-        """{"feed 0": pid, "sink 0": pid, ...} of the running child processes."""
+        """{"feed 0": pid, "writer 0": pid, ...} of the running child processes."""
         found = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -169,7 +169,7 @@ class CollectorProcess:
             args = [a.decode() for a in cmdline if a]
             if "-m" in args:
                 module = args[args.index("-m") + 1]
-                kind = {"collector.feed.process": "feed", "collector.sink.process": "sink"}.get(
+                kind = {"collector.feed.process": "feed", "collector.writer.process": "writer"}.get(
                     module, module
                 )
                 found[f"{kind} {args[-1]}"] = int(entry.name)

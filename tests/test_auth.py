@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from collector.exceptions import ConfigError
-from collector.feed.auth import TokenSource, token_expiry
+from collector.supervisor.upstox import TokenSource, token_expiry
 
 
 def jwt(claims: dict[str, object]) -> str:

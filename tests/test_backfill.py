@@ -12,15 +12,14 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collector.calendar import Holiday
+from collector.core.calendar import Holiday
+from collector.core.gaps import MINUTE, minute_of
 from collector.db.backfill import BACKFILL_LIMITS, BACKFILL_LOCK_ID, Backfill, BackfillOptions
 from collector.db.holidays import fetch_holidays, fetched_today, load_holidays, store_holidays
 from collector.exceptions import TokenRejected
-from collector.feed.auth import REST_LIMITS, TokenSource, rest_limiter
-from collector.gaps import MINUTE, minute_of
-from collector.metrics import ControlMetrics
-from collector.rest import UpstoxRest
+from collector.metrics import SupervisorMetrics
 from collector.simulator.server import Simulator
+from collector.supervisor.upstox import REST_LIMITS, TokenSource, UpstoxRest, rest_limiter
 from tests.helpers import sample
 from tests.test_roles import login
 
@@ -32,7 +31,7 @@ def make_backfill(
 ) -> tuple[Backfill, CollectorRegistry]:
     """A backfill against ``sim`` with the collector's real limiters and fast retries."""
     registry = CollectorRegistry()
-    metrics = ControlMetrics(registry)
+    metrics = SupervisorMetrics(registry)
     rest = UpstoxRest(
         sim.url,
         TokenSource(token=token or sim.token),
@@ -462,7 +461,7 @@ async def test_holidays_are_cached_and_revised(migrated: str) -> None:
 
 def test_the_backfill_leaves_authorize_its_share() -> None:
     # Authorize (2/s, 30/min, 300/30 min) and the backfill together stay under the one limiter.
-    from collector.feed.auth import AUTHORIZE_LIMITS
+    from collector.supervisor.upstox import AUTHORIZE_LIMITS
 
     for (auth, window), (fill, _), (shared, _) in zip(
         AUTHORIZE_LIMITS, BACKFILL_LIMITS, REST_LIMITS, strict=True

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from collector.gaps import MINUTE, gap_minutes, minute_of
+from collector.core.gaps import MINUTE, gap_minutes, minute_of
 from collector.simulator.server import Simulator
 from tests.process import CollectorProcess
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import itertools
 
-from collector.backoff import RateLimiter, full_jitter
+from collector.core.backoff import full_jitter
+from collector.core.ratelimit import RateLimiter
 
 
 def test_full_jitter_is_capped_exponential() -> None:

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector.batch import Batcher
-from collector.records import Bar
+from collector.core.batch import Batcher
+from collector.core.records import Bar
 from tests.test_sequencer import tick
 
 T = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)

@@ -18,9 +18,9 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from collector.core.records import Tick
 from collector.db.jobs import LEVELS, Jobs, candles_mode
-from collector.metrics import ControlMetrics
-from collector.records import Tick
+from collector.metrics import SupervisorMetrics
 from tests.helpers import sample
 from tests.pipeline import encode_ticks, journal_frames, store
 from tests.test_roles import login
@@ -139,7 +139,7 @@ async def refresh(writer_dsn: str, owner_dsn: str) -> str:
         return await asyncpg.connect(writer_dsn)
 
     registry = CollectorRegistry()
-    jobs = Jobs(connect=connect, metrics=ControlMetrics(registry))
+    jobs = Jobs(connect=connect, metrics=SupervisorMetrics(registry))
     assert await jobs.refresh_candles(), "the candle job failed: see the log above"
     assert jobs.mode is not None
     if jobs.mode == "continuous_aggregates":
@@ -289,7 +289,7 @@ async def test_a_hand_over_the_database_leaves_waiting_fails_the_candle_job(migr
             return await asyncpg.connect(writer)
 
         registry = CollectorRegistry()
-        ok = await Jobs(connect=connect, metrics=ControlMetrics(registry)).refresh_candles()
+        ok = await Jobs(connect=connect, metrics=SupervisorMetrics(registry)).refresh_candles()
     failures = sample(registry, "collector_job_failures_total", {"task": "candle_refresh"})
     if mode == "continuous_aggregates":
         assert not ok and failures == 1  # counted: the CollectorJobFailing alert follows

@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from collector.metrics import ControlMetrics, serve_metrics
+from collector.metrics import SupervisorMetrics
 from collector.settings import Settings
+from collector.supervisor.serving import serve_metrics
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -184,6 +185,6 @@ def run_healthcheck(registry: CollectorRegistry) -> int:
 
 def test_the_healthcheck_passes_on_the_collectors_metrics_and_only_there() -> None:
     registry = CollectorRegistry()
-    ControlMetrics(registry, connections=2, version="test")
+    SupervisorMetrics(registry, connections=2, version="test")
     assert run_healthcheck(registry) == 0
     assert run_healthcheck(CollectorRegistry()) == 1  # something else answering on the port

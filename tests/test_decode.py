@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector.decode import decode_frame, epoch_ms
+from collector.core.decode import decode_frame, epoch_ms
 from collector.exceptions import DecodeError
 from tests.wire import entry, f64, greeks, ltpc, msg, ohlc, quote, text, vint
 

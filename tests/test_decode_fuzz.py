@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date
 
-from collector.decode import decode_frame
+from collector.core.decode import decode_frame
 from collector.exceptions import DecodeError
 from collector.simulator.market import SimMarket, generate_master
 from tests.test_decode import NOW, frame, full_market

@@ -14,21 +14,21 @@ import pytest
 import trustme
 from prometheus_client import CollectorRegistry
 
-from collector.backoff import RateLimiter
-from collector.calendar import Calendar, parse_hours
-from collector.decode import decode_frame
+from collector.core.calendar import Calendar, parse_hours
+from collector.core.decode import decode_frame
+from collector.core.market import MarketState
+from collector.core.ratelimit import RateLimiter
+from collector.core.records import Event, FeedSession, Frame, Gap, Mode
+from collector.core.shards import Limits, Shard, plan_universe, shard_universe
 from collector.exceptions import DecodeError
-from collector.feed.auth import Authorizer, TokenSource
 from collector.feed.connection import FeedConnection, FeedOptions
-from collector.feed.journal import JournalWriter
-from collector.journal import EVENT, FRAME, TEXT
-from collector.market import MarketState
+from collector.journal.appender import JournalAppender
+from collector.journal.format import EVENT, FRAME, TEXT
+from collector.journal.reader import JournalReader
 from collector.metrics import FeedMetrics
-from collector.protocol import Limits, Shard, plan_universe, shard_universe
-from collector.records import Event, FeedSession, Frame, Gap, Mode
 from collector.simulator.server import Simulator
-from collector.sink.tail import JournalReader
-from collector.sink.writer import event_record
+from collector.supervisor.upstox import Authorizer, TokenSource
+from collector.writer.writer import event_record
 from tests.helpers import sample, until
 
 FAST = FeedOptions(
@@ -61,7 +61,7 @@ class Client:
         self.metrics = FeedMetrics(self.registry, connection=shard.shard_id)
         self.market = MarketState()
         directory = journal_dir / str(shard.shard_id)
-        self.journal = JournalWriter(directory, fsync="never")
+        self.journal = JournalAppender(directory, fsync="never")
         self.journal.open()
         self.reader = JournalReader(directory)
         authorize = Authorizer(sim.url, tokens or TokenSource(token=sim.token), RateLimiter([(1000, 1.0)]))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.feed.auth import AUTHORIZE_LIMITS
+from collector.supervisor.upstox import AUTHORIZE_LIMITS
 from tests.conftest import ROOT, Server
 from tests.helpers import wait
 from tests.process import counts_by_instrument

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from collector.gaps import (
+from collector.core.gaps import (
     MAX_DAYS_PER_REQUEST,
     Answer,
     CandleRequest,

@@ -30,11 +30,11 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from collector.core.master import COLUMNS, MAX_BYTES, MasterRejected, judge, parse_master
+from collector.core.sequencer import IST, trading_day
 from collector.db.instruments import publish_master, store_master, sync_master
 from collector.db.migrate import MIGRATIONS_DIR, migrate
-from collector.master import COLUMNS, MAX_BYTES, MasterRejected, judge, parse_master
-from collector.metrics import ControlMetrics
-from collector.sequencer import IST, trading_day
+from collector.metrics import SupervisorMetrics
 from collector.simulator.market import generate_master
 from tests.conftest import ROOT, fetch
 from tests.helpers import sample
@@ -431,7 +431,7 @@ async def test_the_supervisors_sync_logs_counts_and_keeps_the_master_in_force(
     migrated: str, tmp_path: Path
 ) -> None:
     registry = CollectorRegistry()
-    metrics = ControlMetrics(registry, connections=1)
+    metrics = SupervisorMetrics(registry, connections=1)
     full = master()
     rejected = "collector_instrument_master_rejected"
     conn = await asyncpg.connect(migrated)

@@ -8,7 +8,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from collector.db.jobs import Jobs, candles_mode
-from collector.metrics import ControlMetrics
+from collector.metrics import SupervisorMetrics
 from tests.helpers import sample
 
 
@@ -28,7 +28,7 @@ async def test_retention_drops_old_ticks_and_keeps_recent(migrated: str) -> None
         async def connect() -> asyncpg.Connection:
             return await asyncpg.connect(migrated)
 
-        assert await Jobs(connect=connect, metrics=ControlMetrics(registry), retention_days=7).retention()
+        assert await Jobs(connect=connect, metrics=SupervisorMetrics(registry), retention_days=7).retention()
         assert sample(registry, "collector_job_last_success_timestamp_seconds", {"task": "retention"}) > 0
         ages = await conn.fetch("SELECT now() - time AS age FROM ticks ORDER BY time")
         if await candles_mode(conn) == "scheduled_refresh":
@@ -43,5 +43,5 @@ async def test_a_failing_job_is_counted_not_raised(migrated: str) -> None:
     async def connect() -> asyncpg.Connection:
         raise ConnectionRefusedError("database away (test)")
 
-    assert not await Jobs(connect=connect, metrics=ControlMetrics(registry)).refresh_candles()
+    assert not await Jobs(connect=connect, metrics=SupervisorMetrics(registry)).refresh_candles()
     assert sample(registry, "collector_job_failures_total", {"task": "candle_refresh"}) == 1

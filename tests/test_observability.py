@@ -17,10 +17,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from collector.batch import Batch
+from collector.core.batch import Batch
 from collector.db.jobs import Jobs
-from collector.metrics import ControlMetrics, SinkMetrics
-from collector.sink.store import BatchStore
+from collector.metrics import SupervisorMetrics, WriterMetrics
+from collector.writer.store import BatchStore
 from tests.conftest import ROOT, Server
 from tests.grafana import expand
 from tests.helpers import wait
@@ -163,11 +163,11 @@ def test_dashboards_are_provisionable(stack: Stack) -> None:
 
 
 async def add_dead_letter(dsn: str) -> None:
-    store = BatchStore(SinkMetrics(CollectorRegistry()))
+    store = BatchStore(WriterMetrics(CollectorRegistry()))
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow("SELECT * FROM ticks LIMIT 1")
-        from collector.records import TICK_COLUMNS, Tick
+        from collector.core.records import TICK_COLUMNS, Tick
 
         tick = Tick(*(row[c] for c in TICK_COLUMNS))._replace(instrument_key="NSE_EQ|\x00")
         journal = f"test-{uuid.uuid4()}"
@@ -183,7 +183,9 @@ def test_every_sql_panel_runs_and_shows_data(stack: Stack, tmp_path: Path) -> No
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(stack.dsn)
 
-    assert asyncio.run(Jobs(connect=connect, metrics=ControlMetrics(CollectorRegistry())).refresh_candles())
+    assert asyncio.run(
+        Jobs(connect=connect, metrics=SupervisorMetrics(CollectorRegistry())).refresh_candles()
+    )
 
     async def check() -> None:
         conn = await asyncpg.connect(stack.dsn)

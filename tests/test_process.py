@@ -41,7 +41,7 @@ async def test_streams_and_stops_on_sigterm_with_everything_read_committed(
         with CollectorProcess(tmp_path, env_for(sim, migrated)) as c:
             await c.until_rows()
             children = c.children()
-            assert sorted(children) == ["feed 0", "feed 1", "sink 0", "sink 1"], children
+            assert sorted(children) == ["feed 0", "feed 1", "writer 0", "writer 1"], children
             assert c.metric("collector_process_up") == 4
             assert c.metric("collector_feed_connected") == 2
             await c.settle(sim)
@@ -105,7 +105,7 @@ async def test_a_crashed_child_is_restarted_and_nothing_read_is_lost(migrated: s
             )
             before = c.children()
             # A writer dies mid-stream, with frames in its journal it had not committed...
-            os.kill(before["sink 0"], signal.SIGKILL)
+            os.kill(before["writer 0"], signal.SIGKILL)
             # ... and a feed dies too, once the simulator paused: ticks on their way
             # to a killed reader were never read, so they cannot count here.
             await c.settle(sim)
@@ -117,7 +117,7 @@ async def test_a_crashed_child_is_restarted_and_nothing_read_is_lost(migrated: s
                 60, "both restarted",
             )  # fmt: skip
             after = c.children()
-            assert after["sink 0"] != before["sink 0"] and after["feed 1"] != before["feed 1"]
+            assert after["writer 0"] != before["writer 0"] and after["feed 1"] != before["feed 1"]
             assert after["feed 0"] == before["feed 0"]  # the others never noticed
             await c.wait_for(lambda: c.metric("collector_feed_connected") == 2, 60, "reconnected")
             await asyncio.sleep(1)
@@ -240,7 +240,7 @@ async def test_secrets_appear_in_no_child_environment_title_log_or_metric(
             body = json.dumps([[name, sorted(labels)] for name, labels in c.scrape()])
             assert password not in body and token not in body
             rc, _ = await c.stop()
-    assert sorted(seen) == ["feed 0", "feed 1", "sink 0", "sink 1", "supervisor"]
+    assert sorted(seen) == ["feed 0", "feed 1", "supervisor", "writer 0", "writer 1"]
     log = c.log.read_text()
     assert password not in log and token not in log and rc == 0
     assert "401" in log  # the failure was logged, without the token

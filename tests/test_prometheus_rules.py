@@ -22,7 +22,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from collector.metrics import ControlMetrics, FeedMetrics, SinkMetrics, serve_metrics
+from collector.metrics import FeedMetrics, SupervisorMetrics, WriterMetrics
+from collector.supervisor.serving import serve_metrics
 from tests.conftest import ROOT
 
 TRIXIE = Path(os.environ.get("COLLECTOR_PROMTOOL_TRIXIE", "/var/tmp/collector-timescaledb/promtool"))
@@ -98,9 +99,9 @@ def exposition() -> tuple[set[str], str]:
     types: set[str] = set()
     bodies = []
     for make in (
-        lambda r: ControlMetrics(r, connections=2),
+        lambda r: SupervisorMetrics(r, connections=2),
         lambda r: FeedMetrics(r, connection=0),
-        lambda r: SinkMetrics(r, connection=0),
+        lambda r: WriterMetrics(r, connection=0),
     ):
         registry = CollectorRegistry()
         make(registry)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from collector.protocol import DEFAULT_LIMITS, chunked, encode_request, shard_universe
+from collector.core.requests import chunked, encode_request
+from collector.core.shards import DEFAULT_LIMITS, shard_universe
 
 
 def test_requests_are_json_with_guid_method_and_data() -> None:

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from collector.core.records import Tick
 from collector.db.jobs import Jobs, candles_mode
 from collector.db.migrate import discover, migrate
-from collector.metrics import ControlMetrics
-from collector.records import Tick
+from collector.metrics import SupervisorMetrics
 from tests.conftest import Server
 from tests.pipeline import encode_ticks, journal_frames, store
 
@@ -143,7 +143,7 @@ async def test_writer_ingests_and_refreshes_but_cannot_change_the_schema(
         async def connect() -> asyncpg.Connection:
             return await asyncpg.connect(dsn)
 
-        jobs = Jobs(connect=connect, metrics=ControlMetrics(CollectorRegistry()))
+        jobs = Jobs(connect=connect, metrics=SupervisorMetrics(CollectorRegistry()))
         assert await jobs.refresh_candles()  # the marks are taken, refreshed or handed over
         conn = await asyncpg.connect(dsn)
         try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from collector.records import Tick
-from collector.sequencer import TickSequencer
+from collector.core.records import Tick
+from collector.core.sequencer import TickSequencer
 
 T0 = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)  # 09:30 IST
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from collector.decode import decode_frame
-from collector.gaps import parse_candles
+from collector.core.decode import decode_frame
+from collector.core.gaps import parse_candles
+from collector.core.records import Mode, Tick
+from collector.core.requests import encode_request
 from collector.proto import MarketDataFeedV3_pb2 as pb
-from collector.protocol import encode_request
-from collector.records import Mode, Tick
 from collector.simulator.server import Simulator
 from tests.helpers import until
 

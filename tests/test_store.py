@@ -8,12 +8,12 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collector.batch import Batch
-from collector.decode import decode_frame
+from collector.core.batch import Batch
+from collector.core.decode import decode_frame
+from collector.core.records import FeedSession, Gap, StatusChange
 from collector.exceptions import PositionConflict
-from collector.metrics import SinkMetrics
-from collector.records import FeedSession, Gap, StatusChange
-from collector.sink.store import BatchStore
+from collector.metrics import WriterMetrics
+from collector.writer.store import BatchStore
 from tests.helpers import sample
 from tests.pipeline import sim_frames
 
@@ -23,7 +23,7 @@ def ticks() -> list:  # type: ignore[type-arg]
 
 
 async def test_a_batch_commits_once_whatever_the_retries(migrated: str) -> None:
-    store = BatchStore(SinkMetrics(CollectorRegistry()))
+    store = BatchStore(WriterMetrics(CollectorRegistry()))
     conn = await asyncpg.connect(migrated)
     try:
         assert await store.load(conn, "j1", 0, 0) == (0, None)
@@ -60,7 +60,7 @@ async def test_every_kind_of_row_is_stored_in_one_transaction(migrated: str) -> 
     conn = await asyncpg.connect(migrated)
     try:
         await BatchStore.load(conn, "j", 0, 0)
-        await BatchStore(SinkMetrics(registry)).write(conn, batch)
+        await BatchStore(WriterMetrics(registry)).write(conn, batch)
         assert await conn.fetchval("SELECT count(*) FROM market_status") == 1
         assert await conn.fetchval("SELECT close_reason FROM feed_sessions") == "code 1006"
         assert await conn.fetchval("SELECT instruments FROM feed_gaps") == ["NSE_FO|1", "NSE_FO|2"]
@@ -73,7 +73,7 @@ async def test_every_kind_of_row_is_stored_in_one_transaction(migrated: str) -> 
 
 async def test_rejected_rows_go_to_dead_letters_and_the_rest_is_stored(migrated: str) -> None:
     registry = CollectorRegistry()
-    store = BatchStore(SinkMetrics(registry))
+    store = BatchStore(WriterMetrics(registry))
     good = ticks()
     bad = good[0]._replace(instrument_key="NSE_EQ|bad\x00key")  # PostgreSQL text cannot hold NUL
     batch = Batch(ticks=[*good[:7], bad, *good[7:]], journal="j", start=0, end=99)

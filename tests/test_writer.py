@@ -11,11 +11,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from collector.core.decode import decode_frame
+from collector.core.records import TICK_COLUMNS, Tick
 from collector.db.migrate import migrate
-from collector.decode import decode_frame
-from collector.feed.journal import JournalWriter, segment_paths
-from collector.journal import FRAME, HEADER
-from collector.records import TICK_COLUMNS, Tick
+from collector.journal.appender import JournalAppender
+from collector.journal.files import segment_paths
+from collector.journal.format import FRAME, HEADER
 from tests.helpers import sample, until
 from tests.pipeline import journal_frames, make_writer, sim_frames, store
 
@@ -137,7 +138,7 @@ async def test_restarts_resume_at_the_committed_position(migrated: str, tmp_path
 
 
 async def test_two_writers_on_one_journal_never_store_a_row_twice(migrated: str, tmp_path: Path) -> None:
-    # The sink lock prevents this in the collector; the position fence makes it harmless anyway.
+    # The writer lock prevents this in the collector; the position fence makes it harmless anyway.
     frames = sim_frames(40, seed=10)
     journal_frames(tmp_path, frames)
     await asyncio.gather(
@@ -246,7 +247,7 @@ async def test_an_undecodable_frame_becomes_a_dead_letter_and_the_rest_is_stored
 async def test_a_corrupt_journal_record_is_skipped_counted_and_passed(migrated: str, tmp_path: Path) -> None:
     frames = sim_frames(10, seed=13)
     positions = []
-    with JournalWriter(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, fsync="never") as j:
         for f in frames:
             positions.append(j.position)
             j.append(FRAME, f)
@@ -266,7 +267,7 @@ async def test_a_corrupt_journal_record_is_skipped_counted_and_passed(migrated: 
 
 
 async def test_committed_segments_are_deleted(migrated: str, tmp_path: Path) -> None:
-    with JournalWriter(tmp_path, fsync="never", segment_bytes=64 * 1024) as j:
+    with JournalAppender(tmp_path, fsync="never", segment_bytes=64 * 1024) as j:
         for f in sim_frames(80, seed=14):
             j.append(FRAME, f)
     assert len(segment_paths(tmp_path)) > 3

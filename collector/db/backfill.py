@@ -5,7 +5,7 @@ One run:
 1. loads the pending gaps of ``feed_gaps``, newest first, and for each the
    minutes of its instruments that have live ticks or a backfilled candle;
 2. works out what each instrument still needs and plans the fewest requests
-   (:mod:`collector.gaps`); an instrument whose every gap minute has ticks
+   (:mod:`collector.core.gaps`); an instrument whose every gap minute has ticks
    needs none;
 3. sends them, newest gap first and at most ``max_requests_per_run`` of them
    (retries included), a few at a time, each through the collector's one
@@ -14,7 +14,7 @@ One run:
 4. stores every candle Upstox had for a minute of a gap in
    ``candles_backfill`` (the minutes our ticks also cover included, for
    comparison);
-5. judges each gap (:func:`collector.gaps.judge`) and writes its state.
+5. judges each gap (:func:`collector.core.gaps.judge`) and writes its state.
 
 A gap is done instrument by instrument (``fill_progress``), so a backlog
 larger than one run's budget is worked off over several runs without asking
@@ -38,9 +38,7 @@ from typing import Any
 
 import asyncpg
 
-from collector.backoff import RateLimiter
-from collector.exceptions import AccessForbidden, ConnectError, FeedProtocolError, TokenRejected
-from collector.gaps import (
+from collector.core.gaps import (
     HISTORY_START,
     MINUTE,
     Answer,
@@ -53,8 +51,10 @@ from collector.gaps import (
     parse_candles,
     plan_requests,
 )
-from collector.metrics import ControlMetrics
-from collector.rest import UpstoxRest
+from collector.core.ratelimit import RateLimiter
+from collector.exceptions import AccessForbidden, TokenRejected, UpstoxError, UpstoxProtocolError
+from collector.metrics import SupervisorMetrics
+from collector.supervisor.upstox import UpstoxRest
 
 __all__ = [
     "BACKFILL_LIMITS",
@@ -151,7 +151,7 @@ class _Budget:
         return True
 
 
-Result = list[Candle] | ConnectError | str  # candles, an error, or why it was not sent
+Result = list[Candle] | UpstoxError | str  # candles, an error, or why it was not sent
 
 
 class Backfill:
@@ -162,7 +162,7 @@ class Backfill:
         rest: UpstoxRest,
         *,
         limiter: RateLimiter | None = None,
-        metrics: ControlMetrics | None = None,
+        metrics: SupervisorMetrics | None = None,
         options: BackfillOptions | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -268,10 +268,10 @@ class Backfill:
 
     async def _fetch(
         self, requests: Sequence[CandleRequest], budget: _Budget
-    ) -> tuple[dict[CandleRequest, Result], ConnectError | None]:
+    ) -> tuple[dict[CandleRequest, Result], UpstoxError | None]:
         results: dict[CandleRequest, Result] = {}
         queue = iter(requests)
-        fatal: list[ConnectError] = []
+        fatal: list[UpstoxError] = []
 
         async def worker() -> None:
             for request in queue:  # shared: each request is taken by one worker
@@ -289,7 +289,7 @@ class Backfill:
                 except (TokenRejected, AccessForbidden) as exc:
                     fatal.append(exc)
                     results[request] = exc
-                except ConnectError as exc:
+                except UpstoxError as exc:
                     results[request] = exc
                 except ValueError as exc:
                     results[request] = f"candles answered {exc}"
@@ -313,7 +313,7 @@ class Backfill:
         for request in requests:
             key = request.instrument_key
             result = results.get(request, "not sent")
-            if isinstance(result, FeedProtocolError):
+            if isinstance(result, UpstoxProtocolError):
                 refused[key] = str(result)
                 continue
             if not isinstance(result, list):

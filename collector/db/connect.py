@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from collector.backoff import full_jitter
+from collector.core.backoff import full_jitter
 from collector.exceptions import ConfigError
 
 __all__ = ["PERMANENT_CONNECT_ERRORS", "TRANSIENT_ERRORS", "connect", "connect_until", "redact"]

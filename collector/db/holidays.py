@@ -1,6 +1,6 @@
 """Upstox's market holiday list, cached in ``market_holidays``.
 
-The calendar (:mod:`collector.calendar`) decides whether a gap is recorded
+The calendar (:mod:`collector.core.calendar`) decides whether a gap is recorded
 for time nobody listened, so it must know the holidays before the first
 connection of a start-up, network or not: the list is read from the database
 first, fetched from ``GET /v2/market/holidays`` when the cache was not
@@ -16,9 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from collector.calendar import Holiday, parse_holidays
-from collector.gaps import ist_day
-from collector.rest import UpstoxRest
+from collector.core.calendar import Holiday, parse_holidays
+from collector.core.gaps import ist_day
+from collector.supervisor.upstox import UpstoxRest
 
 __all__ = ["HOLIDAYS_PATH", "fetch_holidays", "fetched_today", "load_holidays", "store_holidays"]
 
@@ -92,7 +92,7 @@ async def store_holidays(conn: asyncpg.Connection, payload: Any) -> list[Holiday
 
 
 async def fetch_holidays(rest: UpstoxRest) -> Any:
-    """The body of ``GET /v2/market/holidays`` (this year's list); raises ConnectError."""
+    """The body of ``GET /v2/market/holidays`` (this year's list); raises UpstoxError."""
     return await rest.get_json(HOLIDAYS_PATH, "holidays")
 
 

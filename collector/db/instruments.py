@@ -5,7 +5,7 @@ the day. Rows are upserted per (instrument_key, trading_day): each day keeps
 its own copy of a contract's metadata, because exchange tokens are reused for
 other contracts after expiry.
 
-The rules a master must meet live in :mod:`collector.master` (no I/O); this
+The rules a master must meet live in :mod:`collector.core.master` (no I/O); this
 module fetches it, stores it in one transaction and applies the
 truncated-master guard there: a held day is stored with
 ``instrument_masters.status = 'held'`` and ``instruments_current`` stays on
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from collector.master import (
+from collector.core.master import (
     COLUMNS,
     DEFAULT_MIN_RATIO,
     MAX_BYTES,
@@ -37,10 +37,10 @@ from collector.master import (
     judge,
     parse_master,
 )
-from collector.sequencer import trading_day
+from collector.core.sequencer import trading_day
 
 if TYPE_CHECKING:
-    from collector.metrics import ControlMetrics
+    from collector.metrics import SupervisorMetrics
 
 __all__ = [
     "MasterLoad",
@@ -218,7 +218,7 @@ async def load_master(
 
 
 async def sync_master(
-    conn: asyncpg.Connection, source: str, *, min_ratio: float, metrics: ControlMetrics
+    conn: asyncpg.Connection, source: str, *, min_ratio: float, metrics: SupervisorMetrics
 ) -> MasterLoad | None:
     """The supervisor's load: one log line whatever happens; refusals set the metric.
 
@@ -243,7 +243,7 @@ async def sync_master(
     return load
 
 
-async def publish_master(conn: asyncpg.Connection, metrics: ControlMetrics, *, current_rows: int) -> None:
+async def publish_master(conn: asyncpg.Connection, metrics: SupervisorMetrics, *, current_rows: int) -> None:
     """Export the master in force and whether a newer day is held back (read from the database)."""
     held = await conn.fetchval(
         "SELECT EXISTS (SELECT FROM instrument_masters WHERE status = 'held' AND trading_day > "

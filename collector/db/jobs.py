@@ -23,7 +23,7 @@ import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from collector.exceptions import CollectorError
-from collector.metrics import ControlMetrics
+from collector.metrics import SupervisorMetrics
 
 __all__ = ["IST_TZ", "Jobs", "apply_retention_policy", "candles_mode"]
 
@@ -70,7 +70,7 @@ class Jobs:
     """The collector's periodic work, instrumented with run/failure metrics."""
 
     def __init__(
-        self, *, connect: Connect, metrics: ControlMetrics, retention_days: int | None = None
+        self, *, connect: Connect, metrics: SupervisorMetrics, retention_days: int | None = None
     ) -> None:
         self._connect = connect
         self._metrics = metrics

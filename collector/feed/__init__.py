@@ -1,5 +1,6 @@
-"""The feed side: authorize, connect, subscribe, read, and journal every frame.
+"""The feed side: connect, subscribe, read, and journal every frame.
 
-``auth`` gets the one-time socket URL, ``connection`` keeps one shard of the
-universe subscribed and reconnects forever.
+``connection`` keeps one shard of the universe subscribed and reconnects
+forever; ``process`` is the feed process around it. The supervisor
+authorizes each attempt (:mod:`collector.supervisor.upstox`).
 """

@@ -1,7 +1,7 @@
 """One feed connection: connect, subscribe, read into the journal, reconnect forever.
 
 Between two socket reads the connection does one thing: append the frame, with
-its receive time, to its journal (:class:`~collector.feed.journal.JournalWriter`).
+its receive time, to its journal (:class:`~collector.journal.appender.JournalAppender`).
 Decoding and storing happen in the writer process, so reading never waits on
 them. The one frame looked into here is ``market_info`` (rare, and found by
 its first two bytes): market state lives on the feed side, because liveness
@@ -33,41 +33,33 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from collector.backoff import full_jitter
-from collector.calendar import Calendar
-from collector.decode import decode_frame
+from collector.core.backoff import full_jitter
+from collector.core.calendar import Calendar
+from collector.core.decode import decode_frame
+from collector.core.market import MarketState
+from collector.core.records import MODES, Mode
+from collector.core.requests import Method, chunked, encode_request, plan_changes
+from collector.core.shards import DEFAULT_LIMITS, Limits, Shard, segment_of
 from collector.exceptions import (
-    ConnectError,
     DecodeError,
-    FeedNetworkError,
-    FeedProtocolError,
-    FeedTLSError,
     JournalWriteError,
     RateLimited,
     TokenRejected,
+    UpstoxError,
+    UpstoxNetworkError,
+    UpstoxProtocolError,
+    UpstoxTLSError,
     classify_http_status,
 )
-from collector.feed.journal import JournalWriter
-from collector.journal import EVENT, FRAME, TEXT
-from collector.market import MarketState
+from collector.journal.appender import JournalAppender
+from collector.journal.format import EVENT, FRAME, TEXT
 from collector.metrics import FeedMetrics
-from collector.protocol import (
-    DEFAULT_LIMITS,
-    Limits,
-    Method,
-    Shard,
-    chunked,
-    encode_request,
-    plan_changes,
-    segment_of,
-)
-from collector.records import MODES, Mode
 
 __all__ = ["Authorize", "FeedConnection", "FeedOptions"]
 
 logger = logging.getLogger(__name__)
 
-# Returns the one-time wss URL for one attempt; raises ConnectError.
+# Returns the one-time wss URL for one attempt; raises UpstoxError.
 Authorize = Callable[[], Awaitable[str]]
 
 # A FeedResponse's first field is ``type`` (field 1, varint) whenever it is not
@@ -95,7 +87,7 @@ class FeedOptions:
     journal_retry_s: float = 1.0
 
 
-class _Stop(Exception):
+class _JournalBlocked(Exception):
     """Reading must stop: the journal is full or unwritable."""
 
 
@@ -107,7 +99,7 @@ class FeedConnection:
         shard: Shard,
         *,
         authorize: Authorize,
-        journal: JournalWriter,
+        journal: JournalAppender,
         market: MarketState,
         metrics: FeedMetrics,
         options: FeedOptions | None = None,
@@ -180,7 +172,7 @@ class FeedConnection:
             await self._wait_for_journal()
             try:
                 ws = await self._connect()
-            except ConnectError as exc:
+            except UpstoxError as exc:
                 self._metrics.connect_failures.labels(self._label, exc.reason).inc()
                 delay = self._failure_delay(exc, delays)
                 logger.warning("connection %s: %s; retrying in %.1fs", self.id, exc, delay)
@@ -195,7 +187,7 @@ class FeedConnection:
             logger.warning("connection %s closed (%s); reconnecting in %.1fs", self.id, reason, delay)
             await asyncio.sleep(delay)
 
-    def _failure_delay(self, exc: ConnectError, delays: Iterator[float]) -> float:
+    def _failure_delay(self, exc: UpstoxError, delays: Iterator[float]) -> float:
         delay = next(delays)
         if isinstance(exc, TokenRejected):
             # Hammering with a bad token helps nobody; the token is re-read each try.
@@ -228,11 +220,11 @@ class FeedConnection:
         except websockets.InvalidStatus as exc:
             raise classify_http_status(exc.response.status_code, "feed handshake") from None
         except ssl.SSLError as exc:
-            raise FeedTLSError(f"feed TLS failure: {exc}") from None
+            raise UpstoxTLSError(f"feed TLS failure: {exc}") from None
         except websockets.InvalidHandshake as exc:
-            raise FeedProtocolError(f"feed handshake failed: {exc}") from None
+            raise UpstoxProtocolError(f"feed handshake failed: {exc}") from None
         except (OSError, TimeoutError) as exc:
-            raise FeedNetworkError(f"feed connect failed: {exc or type(exc).__name__}") from None
+            raise UpstoxNetworkError(f"feed connect failed: {exc or type(exc).__name__}") from None
 
     async def _session(self, ws: ClientConnection) -> str:
         """Subscribe and read until the socket closes; return why it closed."""
@@ -275,12 +267,12 @@ class FeedConnection:
                 else:
                     frames["initial_feed"].inc()
                 if journal.disk_bytes() >= max_bytes:
-                    raise _Stop(f"journal full ({max_bytes} bytes)")
+                    raise _JournalBlocked(f"journal full ({max_bytes} bytes)")
         except websockets.ConnectionClosed:
             pass
         except (OSError, TimeoutError) as exc:
             reason = f"network: {exc}"
-        except _Stop as exc:
+        except _JournalBlocked as exc:
             reason = str(exc)
             metrics.journal_full.labels(label).set(1)
             logger.error("connection %s: %s; closing the socket until it has room", self.id, exc)
@@ -305,7 +297,7 @@ class FeedConnection:
             return self.journal.append(kind, payload)
         except JournalWriteError as exc:
             self._metrics.journal_write_errors.labels(self._label).inc()
-            raise _Stop(f"journal write failed: {exc}") from None
+            raise _JournalBlocked(f"journal write failed: {exc}") from None
 
     def _market_info(self, message: bytes) -> None:
         try:

@@ -18,15 +18,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from collector.calendar import Calendar
-from collector.channel import Channel
-from collector.child import run_child
-from collector.exceptions import CONNECT_REASONS, ConnectError, FeedNetworkError
+from collector.core.calendar import Calendar
+from collector.core.market import MarketState
+from collector.core.shards import Shard
+from collector.exceptions import UPSTOX_REASONS, UpstoxError, UpstoxNetworkError
 from collector.feed.connection import FeedConnection, FeedOptions
-from collector.feed.journal import FsyncPolicy, JournalWriter, last_record_time
-from collector.market import MarketState
+from collector.ipc.channel import Channel
+from collector.ipc.child import run_child
+from collector.journal.appender import FsyncPolicy, JournalAppender
+from collector.journal.reader import last_record_time
 from collector.metrics import FeedMetrics
-from collector.protocol import Shard
 
 __all__ = ["FeedSpec", "main"]
 
@@ -53,8 +54,8 @@ class FeedSpec:
         return asdict(self)
 
 
-_ERRORS = {cls.reason: cls for cls in ConnectError.__subclasses__()}
-assert set(_ERRORS) == set(CONNECT_REASONS)
+_ERRORS = {cls.reason: cls for cls in UpstoxError.__subclasses__()}
+assert set(_ERRORS) == set(UPSTOX_REASONS)
 
 
 class _Authorizer:
@@ -70,7 +71,7 @@ class _Authorizer:
         answer = await self._waiting
         if answer["op"] == "authorized":
             return str(answer["uri"])
-        error = _ERRORS.get(answer.get("reason", "network"), FeedNetworkError)
+        error = _ERRORS.get(answer.get("reason", "network"), UpstoxNetworkError)
         raise error(answer.get("message", "authorize failed"), retry_after_s=answer.get("retry_after_s"))
 
     def answer(self, message: dict[str, Any]) -> None:
@@ -83,7 +84,7 @@ async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> in
     metrics = FeedMetrics(CollectorRegistry(), connection=spec.connection)
     calendar = Calendar.from_json(spec.calendar) if spec.calendar is not None else None
     authorizer = _Authorizer(channel)
-    with JournalWriter(
+    with JournalAppender(
         Path(spec.journal_dir),
         fsync=spec.fsync,
         fsync_interval_s=spec.fsync_interval_s,

@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
 
-from collector.calendar import EXCHANGE_OF_SEGMENT
+from collector.core.calendar import EXCHANGE_OF_SEGMENT
 from collector.simulator.market import SimMarket
 
 __all__ = [

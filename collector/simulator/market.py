@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from collector.core.records import Mode
 from collector.proto import MarketDataFeedV3_pb2 as pb
-from collector.records import Mode
 
 __all__ = ["Candle", "Instrument", "SimMarket", "generate_master"]
 

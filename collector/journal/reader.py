@@ -15,11 +15,13 @@ import contextlib
 import itertools
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
-from collector.journal import HEADER, MAX_RECORD_BYTES, Record, scan, segment_position
+from collector.journal.files import segment_paths, segment_position
+from collector.journal.format import HEADER, MAX_RECORD_BYTES, Record, scan
 
-__all__ = ["JournalReader"]
+__all__ = ["JournalReader", "last_record_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,3 +211,26 @@ class JournalReader:
         if freed:
             self._list()
         return freed
+
+
+def last_record_time(directory: Path, tail_bytes: int = 1024 * 1024) -> datetime | None:
+    """Receive time of the last whole record in the journal: when its feed last read.
+
+    The newest segment is never deleted, so after a crash or a stop this is
+    the moment data stopped coming in (the start of a gap, if the market was
+    open). Reads the last ``tail_bytes`` of the newest non-empty segment.
+    """
+    for path in reversed(segment_paths(directory)):
+        size = path.stat().st_size
+        if not size:
+            continue
+        start = max(size - tail_bytes, 0)
+        with path.open("rb") as f:
+            f.seek(start)
+            data = f.read()
+        records = scan(data, start, final=True).records
+        if not records and start:
+            records = scan(path.read_bytes(), 0, final=True).records
+        if records:
+            return datetime.fromtimestamp(records[-1].time_ns / 1e9, UTC)
+    return None

@@ -1,6 +1,6 @@
 """The writer process of one connection: journal in, TimescaleDB out.
 
-Started by the supervisor as ``python -m collector.sink.process``; the
+Started by the supervisor as ``python -m collector.writer.process``; the
 database URL comes in its spec on stdin. It runs at a lower CPU priority
 (``nice`` +5) than the feed processes: when the machine is saturated, reading
 the sockets comes first and the journal absorbs the difference. Messages:
@@ -21,20 +21,20 @@ from typing import Any
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from collector.channel import Channel
-from collector.child import run_child
-from collector.feed.journal import lock_file
-from collector.metrics import SinkMetrics
-from collector.sink.writer import Writer
+from collector.ipc.channel import Channel
+from collector.ipc.child import run_child
+from collector.journal.files import lock_file
+from collector.metrics import WriterMetrics
+from collector.writer.writer import Writer
 
-__all__ = ["SinkSpec", "main"]
+__all__ = ["WriterSpec", "main"]
 
 logger = logging.getLogger(__name__)
 NICE = 5
 
 
 @dataclass
-class SinkSpec:
+class WriterSpec:
     """What the supervisor tells a writer process."""
 
     connection: int
@@ -49,13 +49,13 @@ class SinkSpec:
 
 
 async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> int:
-    spec = SinkSpec(**raw["sink"])
+    spec = WriterSpec(**raw["writer"])
     dsn: str = raw["database_url"]
     with contextlib.suppress(OSError):
         os.nice(NICE)
     directory = Path(spec.journal_dir)
-    lock = lock_file(directory / "sink.lock", "journal writer")
-    metrics = SinkMetrics(CollectorRegistry(), connection=spec.connection)
+    lock = lock_file(directory / "writer.lock", "journal writer")
+    metrics = WriterMetrics(CollectorRegistry(), connection=spec.connection)
 
     async def connect() -> asyncpg.Connection:
         # Named, so an operator (and the fault tests) can tell the writers' sessions apart.
@@ -101,4 +101,4 @@ async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> in
 if __name__ == "__main__":
     import sys
 
-    run_child(f"sink {sys.argv[-1]}", main)
+    run_child(f"writer {sys.argv[-1]}", main)

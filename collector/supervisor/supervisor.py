@@ -37,25 +37,27 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
 from collector import __version__
-from collector.calendar import Calendar, parse_hours
+from collector.core.calendar import Calendar, parse_hours
+from collector.core.records import MODES, Mode
+from collector.core.shards import DEFAULT_LIMITS, Shard, plan_universe, segment_of, shard_universe
+from collector.core.universe import resolve_universe
 from collector.db.connect import connect, connect_until
 from collector.db.instruments import display, publish_master, sync_master
 from collector.db.jobs import Jobs, apply_retention_policy
 from collector.db.migrate import migrate
-from collector.exceptions import CollectorError, ConfigError, ConnectError
-from collector.feed.auth import Authorizer, TokenSource, rest_limiter, token_expiry
-from collector.feed.journal import lock_file
+from collector.exceptions import CollectorError, ConfigError, UpstoxError
 from collector.feed.process import FeedSpec
-from collector.gapwork import GapWork
-from collector.metrics import SEGMENTS, ControlMetrics, serve_metrics, serving_registry, use_multiprocess
-from collector.protocol import DEFAULT_LIMITS, Shard, plan_universe, segment_of, shard_universe
-from collector.records import MODES, Mode
+from collector.ipc.metrics import serving_registry, use_multiprocess
+from collector.journal.files import lock_file
+from collector.metrics import SEGMENTS, SupervisorMetrics
 from collector.settings import Settings
-from collector.sink.process import SinkSpec
-from collector.supervisor import Child
-from collector.universe import resolve_universe
+from collector.supervisor.children import Child
+from collector.supervisor.gapwork import GapWork
+from collector.supervisor.serving import serve_metrics
+from collector.supervisor.upstox import Authorizer, TokenSource, rest_limiter, token_expiry
+from collector.writer.process import WriterSpec
 
-__all__ = ["Collector", "run"]
+__all__ = ["Supervisor", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +67,10 @@ _SECRET_ENV = ("COLLECTOR_DATABASE_URL", "COLLECTOR_UPSTOX_TOKEN")
 
 async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     """Run the collector until ``stop`` is set."""
-    await Collector(settings, stop).run()
+    await Supervisor(settings, stop).run()
 
 
-class Collector:
+class Supervisor:
     """The supervisor of one collector: its children, jobs and metrics."""
 
     def __init__(self, settings: Settings, stop: asyncio.Event) -> None:
@@ -77,10 +79,10 @@ class Collector:
         self.dsn = settings.database_url.get_secret_value()
         self.shards: dict[int, Shard] = {}
         self.feeds: dict[int, Child] = {}
-        self.sinks: dict[int, Child] = {}
+        self.writers: dict[int, Child] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._since: dict[int, datetime] = {}
-        self.metrics: ControlMetrics
+        self.metrics: SupervisorMetrics
         self.metrics_dir: Path
         self.metrics_port = settings.metrics_port
 
@@ -110,7 +112,7 @@ class Collector:
         self.metrics_dir = Path(tempfile.mkdtemp(prefix="collector-metrics-"))
         stack.callback(shutil.rmtree, self.metrics_dir, True)
         use_multiprocess(self.metrics_dir, clean=True)
-        self.metrics = ControlMetrics(CollectorRegistry(), connections=s.connections, version=__version__)
+        self.metrics = SupervisorMetrics(CollectorRegistry(), connections=s.connections, version=__version__)
         server = serve_metrics(serving_registry(self.metrics_dir), s.metrics_host, s.metrics_port)
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
@@ -169,7 +171,7 @@ class Collector:
         )  # fmt: skip
         journals = {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
         for connection in sorted(journals | set(self.shards)):
-            self._start_sink(connection)
+            self._start_writer(connection)
         for connection in sorted(self.shards):
             self._start_feed(connection)
         self._schedule(stack)
@@ -268,11 +270,11 @@ class Collector:
         self.feeds[connection] = child
         self._tasks.append(asyncio.create_task(child.run(), name=f"supervise {child.name}"))
 
-    def _start_sink(self, connection: int) -> None:
+    def _start_writer(self, connection: int) -> None:
         s = self.settings
 
         def spec() -> dict[str, Any]:
-            sink = SinkSpec(
+            writer = WriterSpec(
                 connection=connection,
                 journal_dir=str(self._journal(connection)),
                 max_batch_rows=s.max_batch_rows,
@@ -281,15 +283,15 @@ class Collector:
                 metrics_dir=str(self.metrics_dir),
             )
             return {
-                "sink": sink.to_json(), "database_url": self.dsn,
+                "writer": writer.to_json(), "database_url": self.dsn,
                 "log_level": s.log_level, "metrics_dir": str(self.metrics_dir),
             }  # fmt: skip
 
         child = Child(
-            "sink", connection, module="collector.sink.process", spec=spec, env=self._child_env(),
+            "writer", connection, module="collector.writer.process", spec=spec, env=self._child_env(),
             metrics=self.metrics, metrics_dir=self.metrics_dir,
         )  # fmt: skip
-        self.sinks[connection] = child
+        self.writers[connection] = child
         self._tasks.append(asyncio.create_task(child.run(), name=f"supervise {child.name}"))
 
     async def _on_feed_message(self, child: Child, message: dict[str, Any]) -> None:
@@ -303,7 +305,7 @@ class Collector:
         await self.gapwork.send_calendar(child)
         try:
             uri = await self.authorizer()
-        except ConnectError as exc:
+        except UpstoxError as exc:
             await child.send({
                 "op": "authorize_failed", "reason": exc.reason, "message": str(exc),
                 "retry_after_s": exc.retry_after_s,
@@ -325,8 +327,8 @@ class Collector:
             if shard.shard_id in self.feeds:
                 await self.feeds[shard.shard_id].send({"op": "keys", "keys": shard.keys})
             else:
-                if shard.shard_id not in self.sinks:
-                    self._start_sink(shard.shard_id)
+                if shard.shard_id not in self.writers:
+                    self._start_writer(shard.shard_id)
                 self._start_feed(shard.shard_id)
         self._publish_universe(universe, rejected)
         logger.info(
@@ -380,7 +382,7 @@ class Collector:
         logger.info("shutting down (within %.0fs)", budget)
         await asyncio.gather(*(c.stop(min(3.0, budget / 3)) for c in self.feeds.values()))
         remaining = max(deadline - time.monotonic() - 0.5, 1.0)
-        drained = await asyncio.gather(*(c.stop(remaining, op="drain") for c in self.sinks.values()))
+        drained = await asyncio.gather(*(c.stop(remaining, op="drain") for c in self.writers.values()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from collector.records import Bar, FeedSession, Gap, StatusChange, Tick
+from collector.core.records import Bar, FeedSession, Gap, StatusChange, Tick
 
 __all__ = ["Batch", "Batcher"]
 

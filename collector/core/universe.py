@@ -12,12 +12,35 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from collector.records import Mode
-from collector.settings import UniverseFilter
+from pydantic import BaseModel, Field
 
-__all__ = ["resolve_universe"]
+from collector.core.records import Mode
+
+__all__ = ["UniverseFilter", "resolve_universe"]
 
 logger = logging.getLogger(__name__)
+
+
+class UniverseFilter(BaseModel):
+    """A rule selecting instruments from the master, subscribed in ``mode``.
+
+    Every given criterion must match. Example, the F&O stock futures of the
+    nearest expiry without index underlyings::
+
+        {"mode": "full", "segments": ["NSE_FO"], "instrument_types": ["FUT"],
+         "exclude_underlyings": ["NIFTY", "BANKNIFTY", "FINNIFTY", "MIDCPNIFTY"],
+         "nearest_expiries": 1}
+    """
+
+    model_config = {"extra": "forbid"}
+
+    mode: Mode = "ltpc"
+    segments: list[str] | None = None
+    instrument_types: list[str] | None = None
+    underlyings: list[str] | None = None
+    exclude_underlyings: list[str] = []
+    underlying_types: list[str] | None = None
+    nearest_expiries: int | None = Field(default=None, ge=1)
 
 
 def _expiry_ms(row: Mapping[str, Any]) -> int | None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from collector.records import TICK_COLUMNS, Tick
+from collector.core.records import TICK_COLUMNS, Tick
 
 __all__ = ["IST", "TickSequencer", "trading_day"]
 

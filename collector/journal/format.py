@@ -32,14 +32,11 @@ __all__ = [
     "HEADER",
     "MAGIC",
     "MAX_RECORD_BYTES",
-    "SEGMENT_SUFFIX",
     "TEXT",
     "Record",
     "Scan",
     "encode_header",
     "scan",
-    "segment_name",
-    "segment_position",
 ]
 
 MAGIC: Final = b"\xc0\x11\x0c\x7a"
@@ -50,21 +47,7 @@ EVENT: Final = 3
 KINDS: Final = frozenset((FRAME, TEXT, EVENT))
 # Upstox frames are far smaller; a larger length can only be corruption.
 MAX_RECORD_BYTES: Final = 64 * 1024 * 1024
-SEGMENT_SUFFIX: Final = ".journal"
 _KIND_TIME = struct.Struct("<Bq")
-
-
-def segment_name(position: int) -> str:
-    """File name of the segment whose first byte is at ``position``."""
-    return f"{position:020d}{SEGMENT_SUFFIX}"
-
-
-def segment_position(name: str) -> int | None:
-    """The position a segment file name stands for, or None if it is not one."""
-    stem, dot, suffix = name.partition(".")
-    if "." + suffix != SEGMENT_SUFFIX or not dot or len(stem) != 20 or not stem.isdigit():
-        return None
-    return int(stem)
 
 
 def _crc(kind: int, time_ns: int, payload: bytes | memoryview) -> int:

@@ -16,9 +16,9 @@ from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
+from collector.core.records import Bar, Frame, FrameKind, StatusChange, Tick
 from collector.exceptions import DecodeError
 from collector.proto import MarketDataFeedV3_pb2 as pb
-from collector.records import Bar, Frame, FrameKind, StatusChange, Tick
 
 __all__ = ["decode_frame", "epoch_ms"]
 

@@ -1,10 +1,26 @@
-"""Authorize against Upstox's REST API for a one-time feed URL.
+"""Upstox's REST API, as the supervisor calls it: one token source, shared rate limiters, retries.
 
 Every connection attempt needs a fresh ``GET /v3/feed/market-data-feed/authorize``:
 the ``wss`` URL it returns carries a one-time ``code``, and reusing one is a
-known cause of 403. TLS is verified against the system trust store
-(``ssl.create_default_context`` honours ``SSL_CERT_FILE``); plain ``http://``
-is used only when the configured API URL says so.
+known cause of 403. The supervisor authorizes on behalf of every feed process
+(:class:`Authorizer`), and fetches candles and holidays (:class:`UpstoxRest`).
+TLS is verified against the system trust store (``ssl.create_default_context``
+honours ``SSL_CERT_FILE``); plain ``http://`` is used only when the configured
+API URL says so.
+
+Upstox limits REST calls per user and API (50/s, 500/min, 2000 per 30 min);
+the collector keeps every call it makes, authorize included, under one limiter
+(:func:`rest_limiter`), and a caller may add its own, stricter ones (the
+backfill does, so that it never starves authorize).
+
+Retries (:meth:`UpstoxRest.get_json`): a 429 waits for ``Retry-After`` (or the
+backoff, whichever is longer, at most ``max_retry_after_s``), a 5xx or a
+network failure waits for the backoff; both are retried ``retries`` times.
+Anything else is final: 401/403 (the token), other 4xx
+(:class:`~collector.exceptions.UpstoxProtocolError`: Upstox refused the
+request; its message is kept, never the token), a TLS failure. Errors are
+:class:`~collector.exceptions.UpstoxError` classes (their ``reason`` is the
+metric label), named after the API.
 """
 
 from __future__ import annotations
@@ -17,16 +33,20 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from collector.backoff import RateLimiter, acquire
+from collector.core.backoff import full_jitter
+from collector.core.ratelimit import RateLimiter
 from collector.exceptions import (
     ConfigError,
-    FeedNetworkError,
-    FeedProtocolError,
-    FeedTLSError,
+    RateLimited,
     TokenRejected,
+    UpstoxError,
+    UpstoxNetworkError,
+    UpstoxProtocolError,
+    UpstoxTLSError,
     classify_http_status,
 )
 
@@ -37,6 +57,8 @@ __all__ = [
     "Authorizer",
     "Get",
     "TokenSource",
+    "UpstoxRest",
+    "acquire",
     "authorize",
     "get",
     "rest_limiter",
@@ -56,6 +78,21 @@ AUTHORIZE_LIMITS = [(2, 1.0), (30, 60.0), (300, 1800.0)]
 def rest_limiter(clock: Callable[[], float] = time.monotonic) -> RateLimiter:
     """The one limiter for every REST call the collector makes."""
     return RateLimiter(REST_LIMITS, clock=clock)
+
+
+async def acquire(*limiters: RateLimiter) -> None:
+    """Wait until every limiter allows one more event, then record it in each.
+
+    Checking and recording happen with no await in between, so concurrent
+    callers in one event loop never overshoot a limit together.
+    """
+    while True:
+        wait = max(limiter.wait_s() for limiter in limiters)
+        if wait <= 0:
+            for limiter in limiters:
+                limiter.record()
+            return
+        await asyncio.sleep(wait)
 
 
 def token_expiry(token: str) -> float | None:
@@ -101,7 +138,7 @@ class TokenSource:
         raise ConfigError("COLLECTOR_UPSTOX_TOKEN", "no token configured")
 
 
-# (url, token, ssl context, timeout, api name) -> body, raising ConnectError: :func:`get`,
+# (url, token, ssl context, timeout, api name) -> body, raising UpstoxError: :func:`get`,
 # or what a test puts in its place.
 Get = Callable[[str, str, ssl.SSLContext | None, float, str], bytes]
 
@@ -117,7 +154,7 @@ def _message(body: bytes) -> str:
 
 
 def get(url: str, token: str, ssl_context: ssl.SSLContext | None, timeout_s: float, api: str) -> bytes:
-    """GET an Upstox REST URL with the Bearer token (blocking); raises the ConnectError for a failure.
+    """GET an Upstox REST URL with the Bearer token (blocking); raises the UpstoxError for a failure.
 
     The one HTTP client of the collector: authorize, candles and holidays
     all come through here. ``api`` names the call in errors (never the token).
@@ -133,18 +170,18 @@ def get(url: str, token: str, ssl_context: ssl.SSLContext | None, timeout_s: flo
     except urllib.error.HTTPError as exc:
         with exc:  # the error holds the response and its socket
             error = classify_http_status(exc.code, api, exc.headers.get("Retry-After"))
-            if type(error) is FeedProtocolError:  # a 4xx about the request itself: say what Upstox said
+            if type(error) is UpstoxProtocolError:  # a 4xx about the request itself: say what Upstox said
                 text = _message(exc.read())
-                error = FeedProtocolError(f"{api} answered {exc.code}" + (f": {text}" if text else ""))
+                error = UpstoxProtocolError(f"{api} answered {exc.code}" + (f": {text}" if text else ""))
         raise error from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ssl.SSLError):
-            raise FeedTLSError(f"{api} TLS failure: {exc.reason}") from None
-        raise FeedNetworkError(f"{api} failed: {exc.reason}") from None
+            raise UpstoxTLSError(f"{api} TLS failure: {exc.reason}") from None
+        raise UpstoxNetworkError(f"{api} failed: {exc.reason}") from None
     except ssl.SSLError as exc:
-        raise FeedTLSError(f"{api} TLS failure: {exc}") from None
+        raise UpstoxTLSError(f"{api} TLS failure: {exc}") from None
     except (OSError, TimeoutError) as exc:
-        raise FeedNetworkError(f"{api} failed: {exc or type(exc).__name__}") from None
+        raise UpstoxNetworkError(f"{api} failed: {exc or type(exc).__name__}") from None
 
 
 async def authorize(
@@ -165,9 +202,9 @@ async def authorize(
         uri = payload["data"]["authorized_redirect_uri"]
     except (ValueError, KeyError, TypeError):
         # Cloudflare block pages arrive as HTML with status 200 or 403.
-        raise FeedProtocolError("authorize returned no authorized_redirect_uri") from None
+        raise UpstoxProtocolError("authorize returned no authorized_redirect_uri") from None
     if not isinstance(uri, str) or not uri.startswith(("wss://", "ws://")):
-        raise FeedProtocolError("authorize returned a URL that is not ws:// or wss://")
+        raise UpstoxProtocolError("authorize returned a URL that is not ws:// or wss://")
     return uri
 
 
@@ -198,7 +235,7 @@ class Authorizer:
         self._on_token = on_token
 
     async def __call__(self) -> str:
-        """A one-time ``wss`` URL; raises ConnectError (TokenRejected when no token can be read)."""
+        """A one-time ``wss`` URL; raises UpstoxError (TokenRejected when no token can be read)."""
         try:
             token = self._tokens.read()
         except ConfigError as exc:
@@ -207,3 +244,85 @@ class Authorizer:
         await acquire(self._own, self._rest)
         self._on_call()
         return await authorize(self._api_url, token, ssl_context=self._ssl)
+
+
+class UpstoxRest:
+    """Upstox's REST API, as the supervisor calls it (candles, holidays)."""
+
+    def __init__(
+        self,
+        api_url: str,
+        tokens: TokenSource,
+        rest: RateLimiter,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        backoff: Callable[[], Iterator[float]] = lambda: full_jitter(base_s=0.5, cap_s=8.0),
+        max_retry_after_s: float = 60.0,
+        on_call: Callable[[str], None] = lambda api: None,
+        on_failure: Callable[[str, str], None] = lambda api, reason: None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        get: Get = get,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._tokens = tokens
+        self.rest = rest
+        if self.api_url.startswith("https://") and ssl_context is None:
+            ssl_context = ssl.create_default_context()
+        self._ssl = ssl_context
+        self._timeout_s = timeout_s
+        self.retries = retries
+        self._backoff = backoff
+        self._max_retry_after_s = max_retry_after_s
+        self._on_call = on_call
+        self._on_failure = on_failure
+        self._sleep = sleep
+        self._get = get
+
+    async def get_json(
+        self,
+        path: str,
+        api: str,
+        *,
+        limiters: Sequence[RateLimiter] = (),
+        allow: Callable[[], bool] = lambda: True,
+    ) -> Any:
+        """The JSON body of ``GET path``, after retries; raises UpstoxError.
+
+        Each attempt waits for the shared limiter and ``limiters``; ``allow()``
+        is asked before every retry (a run's request budget) and a False ends
+        the retries with the last error.
+        """
+        delays = self._backoff()
+        attempt = 0
+        while True:
+            try:
+                return await self._once(path, api, limiters)
+            except (RateLimited, UpstoxNetworkError) as exc:
+                self._on_failure(api, exc.reason)
+                if attempt >= self.retries or not allow():
+                    raise
+                delay = next(delays)
+                if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+                    delay = max(delay, exc.retry_after_s)
+                await self._sleep(min(delay, self._max_retry_after_s))
+                attempt += 1
+            except UpstoxError as exc:
+                self._on_failure(api, exc.reason)
+                raise
+
+    async def _once(self, path: str, api: str, limiters: Sequence[RateLimiter]) -> Any:
+        try:
+            token = self._tokens.read()
+        except ConfigError as exc:
+            raise TokenRejected(str(exc)) from None
+        await acquire(*limiters, self.rest)
+        self._on_call(api)
+        body = await asyncio.to_thread(self._get, self.api_url + path, token, self._ssl, self._timeout_s, api)
+        try:
+            return json.loads(body)
+        except ValueError:
+            # Cloudflare block pages arrive as HTML with status 200: retried like a 5xx,
+            # so that UpstoxProtocolError always means "Upstox refused this request".
+            raise UpstoxNetworkError(f"{api} answered something that is not JSON") from None

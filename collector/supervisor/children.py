@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from collector.backoff import full_jitter
-from collector.channel import Channel
-from collector.metrics import ControlMetrics, mark_dead
+from collector.core.backoff import full_jitter
+from collector.ipc.channel import Channel
+from collector.ipc.metrics import mark_dead
+from collector.metrics import SupervisorMetrics
 
 __all__ = ["Child"]
 
@@ -45,7 +46,7 @@ class Child:
         module: str,
         spec: Callable[[], dict[str, Any]],
         env: dict[str, str],
-        metrics: ControlMetrics,
+        metrics: SupervisorMetrics,
         metrics_dir: Path | None,
         on_message: OnMessage | None = None,
         backoff: Callable[[], Iterator[float]] = lambda: full_jitter(base_s=1.0, cap_s=30.0),

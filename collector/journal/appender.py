@@ -13,7 +13,7 @@ power loss takes (``COLLECTOR_JOURNAL_FSYNC``):
 
 One process writes a journal (``feed.lock``, an flock held while open); a new
 writer never appends to an existing segment (its end may be torn), it starts
-a new one at the position after the old file's last byte. The sink deletes
+a new one at the position after the old file's last byte. The writer deletes
 segments once everything in them is committed; :meth:`disk_bytes` is what is
 left on disk, which the feed compares with ``COLLECTOR_JOURNAL_MAX_BYTES``.
 """
@@ -23,67 +23,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from collector.exceptions import JournalLockedError, JournalWriteError
-from collector.journal import SEGMENT_SUFFIX, encode_header, scan, segment_name, segment_position
+from collector.exceptions import JournalWriteError
+from collector.journal.files import journal_id, lock_file, segment_name, segment_position
+from collector.journal.format import encode_header
 
-__all__ = ["FsyncPolicy", "JournalWriter", "journal_id", "last_record_time", "lock_file", "segment_paths"]
+__all__ = ["FsyncPolicy", "JournalAppender"]
 
 logger = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "periodic", "never"]
 
 
-def lock_file(path: Path, what: str) -> int:
-    """Take an exclusive flock on ``path`` for this process's life; return the fd.
-
-    Raises :class:`JournalLockedError` naming the holder when another process
-    has it: two processes appending to one journal would corrupt it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise JournalLockedError(f"{what} {path.parent} is in use by pid {holder}") from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-def journal_id(directory: Path) -> str:
-    """The journal's identity (a UUID kept in ``directory/id``), created on first use.
-
-    Positions are committed under this id, so a journal folder that is deleted
-    and made again never resumes from a position of its predecessor.
-    """
-    path = directory / "id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f"id.{os.getpid()}.tmp"
-    tmp.write_text(str(uuid.uuid4()) + "\n")
-    with contextlib.suppress(FileExistsError):
-        os.link(tmp, path)  # atomic: the first one wins
-    tmp.unlink()
-    return path.read_text().strip()
-
-
-class JournalWriter:
+class JournalAppender:
     """Appends records to one journal folder."""
 
     def __init__(
@@ -133,7 +90,7 @@ class JournalWriter:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> JournalWriter:
+    def __enter__(self) -> JournalAppender:
         self.open()
         return self
 
@@ -259,31 +216,3 @@ class JournalWriter:
         except OSError:
             return False
         return os.access(self.directory, os.W_OK) and st.f_bavail * st.f_frsize >= min_free_bytes
-
-
-def segment_paths(directory: Path) -> list[Path]:
-    """Segment files of a journal folder, oldest first (for tools and tests)."""
-    return sorted(p for p in directory.glob("*" + SEGMENT_SUFFIX) if segment_position(p.name) is not None)
-
-
-def last_record_time(directory: Path, tail_bytes: int = 1024 * 1024) -> datetime | None:
-    """Receive time of the last whole record in the journal: when its feed last read.
-
-    The newest segment is never deleted, so after a crash or a stop this is
-    the moment data stopped coming in (the start of a gap, if the market was
-    open). Reads the last ``tail_bytes`` of the newest non-empty segment.
-    """
-    for path in reversed(segment_paths(directory)):
-        size = path.stat().st_size
-        if not size:
-            continue
-        start = max(size - tail_bytes, 0)
-        with path.open("rb") as f:
-            f.seek(start)
-            data = f.read()
-        records = scan(data, start, final=True).records
-        if not records and start:
-            records = scan(path.read_bytes(), 0, final=True).records
-        if records:
-            return datetime.fromtimestamp(records[-1].time_ns / 1e9, UTC)
-    return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from collector.records import StatusChange
+from collector.core.records import StatusChange
 
 __all__ = ["OPEN_STATUSES", "MarketState"]
 

@@ -1,6 +1,6 @@
 """The supervisor's gap work: holidays into the calendar, and the backfill, when it is due.
 
-The calendar (:mod:`collector.calendar`) decides which time without a socket
+The calendar (:mod:`collector.core.calendar`) decides which time without a socket
 was a gap; it needs Upstox's holiday list, cached in the database and fetched
 at start-up (unless fetched today) and daily at 06:05 IST. Feed processes get
 the calendar before their first connection (the first session of a start-up
@@ -25,16 +25,15 @@ from typing import Any
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from collector.backoff import RateLimiter
-from collector.calendar import Calendar, Holiday
+from collector.core.calendar import Calendar, Holiday
+from collector.core.ratelimit import RateLimiter
+from collector.core.shards import Shard
 from collector.db.backfill import Backfill
 from collector.db.holidays import fetch_holidays, fetched_today, load_holidays, store_holidays
 from collector.db.jobs import IST_TZ, Jobs
-from collector.feed.auth import TokenSource
-from collector.metrics import ControlMetrics
-from collector.protocol import Shard
-from collector.rest import UpstoxRest
-from collector.supervisor import Child
+from collector.metrics import SupervisorMetrics
+from collector.supervisor.children import Child
+from collector.supervisor.upstox import TokenSource, UpstoxRest
 
 __all__ = ["GapWork"]
 
@@ -58,7 +57,7 @@ class GapWork:
         tokens: TokenSource,
         rest: RateLimiter,
         jobs: Jobs,
-        metrics: ControlMetrics,
+        metrics: SupervisorMetrics,
         calendar: Calendar,
         feeds: Callable[[], Iterable[Child]],
         shard: Callable[[int], Shard | None],

@@ -1,6 +1,6 @@
 """What every child process does before its own work, and how it ends.
 
-A child (``python -m collector.feed.process`` or ``collector.sink.process``)
+A child (``python -m collector.feed.process`` or ``collector.writer.process``)
 dies with its supervisor (``PR_SET_PDEATHSIG``, and the end of its stdin), so
 a killed collector never leaves a stray writer on a journal. It ignores
 SIGINT (a terminal's Ctrl-C reaches the supervisor, which orchestrates the
@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from collector.channel import Channel, stdio_channel
 from collector.exceptions import CollectorError, ConfigError
+from collector.ipc.channel import Channel, stdio_channel
 
 __all__ = ["ChildMain", "run_child"]
 
@@ -67,7 +67,7 @@ async def _run(name: str, main: ChildMain) -> int:
         stream=sys.stderr,
     )
     if spec.get("metrics_dir"):
-        from collector.metrics import use_multiprocess
+        from collector.ipc.metrics import use_multiprocess
 
         use_multiprocess(Path(spec["metrics_dir"]))
     stop = asyncio.Event()

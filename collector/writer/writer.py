@@ -2,9 +2,9 @@
 
 It reads the committed position and the sequencer's state from
 ``journal_positions``, seeks the journal there and goes on: every record after
-the position is decoded, sequenced (:class:`~collector.sequencer.TickSequencer`)
+the position is decoded, sequenced (:class:`~collector.core.sequencer.TickSequencer`)
 and batched; each batch commits with the position it reached
-(:class:`~collector.sink.store.BatchStore`). Nothing is held that the journal
+(:class:`~collector.writer.store.BatchStore`). Nothing is held that the journal
 does not hold: when anything fails (the database goes away, a commit's outcome
 is unknown) the writer drops what it had, reloads position and state, and
 reads the journal again from there. So a crash, an outage or a restart loses
@@ -31,18 +31,18 @@ from typing import Any
 
 import asyncpg
 
-from collector.backoff import full_jitter
-from collector.batch import Batch, Batcher
-from collector.decode import decode_frame
+from collector.core.backoff import full_jitter
+from collector.core.batch import Batch, Batcher
+from collector.core.decode import decode_frame
+from collector.core.market import MarketState
+from collector.core.records import FeedSession, Gap, StatusChange
+from collector.core.sequencer import IST, TickSequencer
 from collector.exceptions import DecodeError, PositionConflict
-from collector.feed.journal import journal_id
-from collector.journal import EVENT, FRAME, Record
-from collector.market import MarketState
-from collector.metrics import SinkMetrics
-from collector.records import FeedSession, Gap, StatusChange
-from collector.sequencer import IST, TickSequencer
-from collector.sink.store import BatchStore
-from collector.sink.tail import JournalReader
+from collector.journal.files import journal_id
+from collector.journal.format import EVENT, FRAME, Record
+from collector.journal.reader import JournalReader
+from collector.metrics import WriterMetrics
+from collector.writer.store import BatchStore
 
 __all__ = ["TRANSIENT", "Writer", "event_record"]
 
@@ -86,7 +86,7 @@ class Writer:
         *,
         connection: int,
         connect: Connect,
-        metrics: SinkMetrics,
+        metrics: WriterMetrics,
         max_batch_rows: int = 5_000,
         grow_factor: int = 10,
         flush_interval_s: float = 0.1,

@@ -1,4 +1,4 @@
-"""Write one batch into TimescaleDB, exactly once. The writer's sink.
+"""Write one batch into TimescaleDB, exactly once.
 
 A batch is the rows decoded from one stretch of a journal, ``start`` to
 ``end``. It commits in one transaction that first moves the journal's row in
@@ -22,10 +22,10 @@ from typing import Any
 
 import asyncpg
 
-from collector.batch import Batch
+from collector.core.batch import Batch
+from collector.core.records import TICK_COLUMNS
 from collector.exceptions import PositionConflict
-from collector.metrics import SinkMetrics
-from collector.records import TICK_COLUMNS
+from collector.metrics import WriterMetrics
 
 __all__ = ["PERMANENT", "BatchStore"]
 
@@ -88,7 +88,7 @@ def _jsonable(value: Any) -> Any:
 class BatchStore:
     """Commits batches with COPY and upserts; one instance per writer."""
 
-    def __init__(self, metrics: SinkMetrics) -> None:
+    def __init__(self, metrics: WriterMetrics) -> None:
         self._metrics = metrics
 
     @staticmethod

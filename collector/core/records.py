@@ -1,4 +1,4 @@
-"""Typed records that flow from the decoder to the sink.
+"""Typed records that flow from the decoder to the database.
 
 ``Tick`` is a named tuple whose fields are the ``ticks`` table's columns in
 order, so the writer hands ticks to COPY without converting them.

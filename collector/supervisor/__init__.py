@@ -1,0 +1,1 @@
+"""The supervisor process: startup → main loop → shutdown, its children, Upstox's REST API, gap work."""
