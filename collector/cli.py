@@ -18,9 +18,8 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-
 from collector.core.master import MasterRejected
+from collector.db.connect import TRANSIENT_ERRORS
 from collector.exceptions import CollectorError, ConfigError
 from collector.settings import Settings, load_settings
 
@@ -87,7 +86,7 @@ async def _migrate(settings: Settings) -> None:
     from collector.db.jobs import apply_retention_policy
     from collector.db.migrate import migrate
 
-    conn = await connect(settings.database_url.get_secret_value(), timeout=10)
+    conn = await connect(settings.database_url.get_secret_value())
     try:
         applied = await migrate(conn)
         await apply_retention_policy(conn, settings.retention_days)
@@ -102,7 +101,7 @@ async def _sync(settings: Settings, source: str | None, force: bool) -> int:
 
     # Judge the file before connecting: a refused one never reaches the database.
     master = await asyncio.to_thread(read_master, source or settings.instruments_url, force=force)
-    conn = await connect(settings.database_url.get_secret_value(), timeout=10)
+    conn = await connect(settings.database_url.get_secret_value())
     try:
         load = await store_master(conn, master, min_ratio=settings.instruments_min_ratio, force=force)
     finally:
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     except CollectorError as exc:
         print(f"collector: {exc}", file=sys.stderr)
         return 1
-    except (OSError, asyncpg.PostgresError) as exc:
+    except TRANSIENT_ERRORS as exc:  # the database refused or went away: one line, not a traceback
         print(f"collector: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -18,7 +18,12 @@
     └── PositionConflict            a journal's committed position moved under us
 
 ``UpstoxError.reason`` is the fixed label used in metrics ("401", "403",
-"429", "network", "tls", "protocol"). No exception carries a token.
+"429", "network", "tls", "protocol"). No exception carries a token. What a
+REST caller does about an Upstox error is decided here, once:
+``transient`` (429, network: the same call may work in a moment, retry it
+with backoff) or ``credentials`` (401, 403: every call with this token fails
+alike, stop asking); anything else is this one call refused. A feed
+connection retries every failure forever (:mod:`collector.feed.connection`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class UpstoxError(CollectorError):
     """A call to Upstox failed: a feed connection attempt, or a REST call (authorize, candles, holidays)."""
 
     reason: ClassVar[UpstoxReason] = "network"
+    transient: ClassVar[bool] = False  # the same call may well work in a moment
+    credentials: ClassVar[bool] = False  # the token or the account is refused: no call will work
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -63,24 +70,28 @@ class TokenRejected(UpstoxError):
     """HTTP 401: the access token is missing, malformed or revoked."""
 
     reason = "401"
+    credentials = True
 
 
 class AccessForbidden(UpstoxError):
     """HTTP 403: a reused one-time code, an expired token, or no entitlement."""
 
     reason = "403"
+    credentials = True
 
 
 class RateLimited(UpstoxError):
     """HTTP 429: Upstox's REST rate limit was hit."""
 
     reason = "429"
+    transient = True
 
 
 class UpstoxNetworkError(UpstoxError):
     """The network failed: refused, reset, timed out, or a 5xx answer."""
 
     reason = "network"
+    transient = True
 
 
 class UpstoxTLSError(UpstoxError):

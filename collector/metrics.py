@@ -20,34 +20,49 @@ created at start-up so that series exist at 0 before anything happens.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from collector.core.records import MODES, TICK_KINDS
+from collector.core.calendar import SEGMENTS
+from collector.core.gaps import FILL_STATUSES
+from collector.core.market import MARKET_STATUSES
+from collector.core.master import REJECT_REASONS
+from collector.core.records import FRAME_KINDS, MODES, TICK_KINDS
 from collector.exceptions import UPSTOX_REASONS
 
 __all__ = [
+    "JOBS",
     "LATENCY_BUCKETS_S",
-    "SEGMENTS",
+    "PROCESSES",
+    "REST_APIS",
+    "TABLES",
     "FeedMetrics",
+    "Job",
+    "Process",
+    "RestApi",
     "SupervisorMetrics",
+    "Table",
     "WriterMetrics",
 ]
 
 PREFIX = "collector"
-SEGMENTS = (
-    "NSE_EQ", "NSE_FO", "NSE_INDEX", "BSE_EQ", "BSE_FO", "BSE_INDEX",
-    "MCX_FO", "MCX_INDEX", "NCD_FO", "BCD_FO", "NSE_COM",
-)  # fmt: skip
-MARKET_STATUSES = (
-    "PRE_OPEN_START", "PRE_OPEN_END", "NORMAL_OPEN", "NORMAL_CLOSE", "CLOSING_START", "CLOSING_END",
-)  # fmt: skip
-TABLES = ("ticks", "exchange_bars", "market_status", "feed_sessions", "feed_gaps")
-JOBS = ("instrument_sync", "candle_refresh", "retention", "backfill")
+# Label values that exist for the metrics' sake, each set beside its type. The
+# others come with what they name: modes, tick and frame kinds (core.records),
+# segments (core.calendar), market statuses (core.market), gap states
+# (core.gaps), master refusals (core.master), Upstox failures (exceptions).
+Process = Literal["feed", "writer"]
+PROCESSES: tuple[Process, ...] = get_args(Process)
+Job = Literal["instrument_sync", "candle_refresh", "retention", "backfill", "holiday_sync"]
+JOBS: tuple[Job, ...] = get_args(Job)
+RestApi = Literal["authorize", "candles", "holidays"]
+REST_APIS: tuple[RestApi, ...] = get_args(RestApi)
+Table = Literal["ticks", "exchange_bars", "market_status", "feed_sessions", "feed_gaps"]
+TABLES: tuple[Table, ...] = get_args(Table)
+WriteFailure = Literal["transient", "permanent"]
+WRITE_FAILURES: tuple[WriteFailure, ...] = get_args(WriteFailure)
 # Why a new instrument master is not in force: refused whole, or held by the truncated-master guard.
-MASTER_REJECTIONS = ("unreadable", "bad_rows", "held")
-PROCESSES = ("feed", "writer")
+MASTER_REJECTIONS = (*REJECT_REASONS, "held")
 # One bucket sits exactly at each alert threshold and issue target (0.25 s, 1 s, 5 s).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 COPY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -129,7 +144,7 @@ class FeedMetrics:
             m.labels(c)
         for reason in UPSTOX_REASONS:
             self.connect_failures.labels(c, reason)
-        for kind in ("initial_feed", "live_feed", "market_info"):
+        for kind in FRAME_KINDS:
             self.frames.labels(c, kind)
         for mode in MODES:
             self.sub_active.labels(c, mode)
@@ -196,7 +211,7 @@ class WriterMetrics:
             self.ticks.labels(kind)
         for table in TABLES:
             self.rows.labels(table)
-        for failure in ("transient", "permanent"):
+        for failure in WRITE_FAILURES:
             self.write_failures.labels(failure)
         self.duplicates.labels("snapshot")
 
@@ -258,7 +273,7 @@ class SupervisorMetrics:
             self.job_runs.labels(job)
             self.job_failures.labels(job)
             self.job_last_success.labels(job)
-        for api in ("authorize", "candles", "holidays"):
+        for api in REST_APIS:
             self.rest_requests.labels(api)
         # -- gaps and their backfill (collector/db/backfill.py), set by the supervisor only
         self.rest_failures = f.counter(
@@ -282,15 +297,11 @@ class SupervisorMetrics:
         self.backfill_candles = f.counter(
             "backfill_candles_total", "1-minute candles filled in from Upstox's candle APIs"
         )
-        for api in ("authorize", "candles", "holidays"):
+        for api in REST_APIS:
             for failure in UPSTOX_REASONS:
                 self.rest_failures.labels(api, failure)
-        for status in ("pending", "filled", "partial", "unfillable"):
+        for status in FILL_STATUSES:
             self.gaps.labels(status)
-        for job in ("holiday_sync",):  # scheduled by the supervisor besides JOBS
-            self.job_runs.labels(job)
-            self.job_failures.labels(job)
-            self.job_last_success.labels(job)
         self.master_rows = f.gauge(
             "instrument_master_rows", "Rows of the instrument master in force (instruments_current)",
             mode="livemax",

@@ -28,6 +28,7 @@ from collector.core.calendar import DEFAULT_HOURS, parse_hours
 from collector.core.records import Mode
 from collector.core.universe import UniverseFilter
 from collector.exceptions import ConfigError
+from collector.options import FeedOptions, FsyncPolicy, JournalOptions, WriterOptions
 
 __all__ = ["Settings", "load_settings"]
 
@@ -73,7 +74,7 @@ class Settings(BaseSettings):
     # Journal (one per connection) and writer
     journal_dir: Path = Path("var/journal")
     journal_max_bytes: int = Field(default=8 * 1024**3, ge=16 * 1024 * 1024)
-    journal_fsync: Literal["always", "periodic", "never"] = "periodic"
+    journal_fsync: FsyncPolicy = "periodic"
     journal_fsync_interval_s: float = Field(default=1.0, gt=0)
     journal_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     max_batch_rows: int = Field(default=5_000, ge=1, le=1_000_000)
@@ -88,6 +89,37 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9108, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # -- what the components are handed ----------------------------------------------
+
+    def feed_options(self) -> FeedOptions:
+        """A feed connection's timing and sizing."""
+        return FeedOptions(
+            chunk_size=self.chunk_size,
+            open_timeout_s=self.open_timeout_s,
+            ping_interval_s=self.ping_interval_s,
+            ping_timeout_s=self.ping_timeout_s,
+            stall_timeout_s=self.stall_timeout_s,
+            backoff_base_s=self.backoff_base_s,
+            backoff_cap_s=self.backoff_cap_s,
+            token_retry_s=self.token_retry_s,
+            rate_limit_retry_s=self.rate_limit_retry_s,
+            journal_max_bytes=self.journal_max_bytes,
+        )
+
+    def journal_options(self) -> JournalOptions:
+        """How a feed appends to its journal."""
+        return JournalOptions(
+            fsync=self.journal_fsync,
+            fsync_interval_s=self.journal_fsync_interval_s,
+            segment_bytes=self.journal_segment_bytes,
+        )
+
+    def writer_options(self) -> WriterOptions:
+        """How a writer batches."""
+        return WriterOptions(max_batch_rows=self.max_batch_rows, flush_interval_s=self.flush_interval_s)
+
+    # -- checks -----------------------------------------------------------------------
 
     @field_validator("database_url")
     @classmethod

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -24,6 +25,7 @@ from collector.metrics import WriterMetrics
 from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.simulator.market import SimMarket, generate_master
 from collector.writer.writer import Writer
+from tests.support.options import journal_options, writer_options
 
 __all__ = ["encode_ticks", "journal_frames", "make_writer", "sim_frames", "store"]
 
@@ -79,16 +81,19 @@ def sim_frames(n_frames: int = 5, *, stocks: int = 10, seed: int = 5) -> list[by
 
 def journal_frames(directory: Path, frames: Iterable[bytes], *, kind: int = FRAME) -> int:
     """Append frames to the journal in ``directory``; return its end position."""
-    with JournalAppender(directory, fsync="never") as journal:
+    with JournalAppender(directory, journal_options(fsync="never")) as journal:
         for frame in frames:
             journal.append(kind, frame)
         return journal.position
 
 
 def make_writer(
-    dsn: str | Connect, directory: Path, *, connection: int = 0, **kw: object
+    dsn: str | Connect, directory: Path, *, connection: int = 0, **options: Any
 ) -> tuple[Writer, CollectorRegistry]:
-    """A writer for the journal in ``directory`` with fast retries, and its metrics registry."""
+    """A writer for the journal in ``directory`` with fast retries, and its metrics registry.
+
+    ``options`` change its :class:`~collector.options.WriterOptions` (a batch waits 0.05 s unless told).
+    """
     registry = CollectorRegistry()
 
     async def connect() -> asyncpg.Connection:
@@ -96,14 +101,14 @@ def make_writer(
             return await dsn()
         return await asyncpg.connect(dsn, timeout=5)
 
-    kw.setdefault("flush_interval_s", 0.05)
+    options.setdefault("flush_interval_s", 0.05)
     writer = Writer(
         directory,
         connection=connection,
         connect=connect,
         metrics=WriterMetrics(registry, connection=connection),
+        options=writer_options(**options),
         backoff=lambda: iter(lambda: 0.05, None),
-        **kw,  # type: ignore[arg-type]
     )
     return writer, registry
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from collector.core.calendar import Holiday
 from collector.core.gaps import MINUTE, minute_of
 from collector.db.backfill import BACKFILL_LIMITS, BACKFILL_LOCK_ID, Backfill, BackfillOptions
-from collector.db.holidays import fetch_holidays, fetched_today, load_holidays, store_holidays
+from collector.db.holidays import fetched_today, load_holidays, store_holidays
 from collector.exceptions import TokenRejected
 from collector.metrics import SupervisorMetrics
 from collector.simulator.server import Simulator
@@ -433,7 +433,7 @@ async def test_holidays_are_cached_and_revised(migrated: str) -> None:
         conn = await asyncpg.connect(migrated)
         try:
             assert await load_holidays(conn) == ([], None)
-            stored = await store_holidays(conn, await fetch_holidays(rest))
+            stored = await store_holidays(conn, await rest.holidays())
             cached, fetched_at = await load_holidays(conn)
             assert cached == stored and [h.day.isoformat() for h in cached] == ["2026-01-26", "2026-11-08"]
             assert fetched_today(fetched_at)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,10 @@ import asyncpg
 import pytest
 
 from collector.core.gaps import MINUTE, gap_minutes, minute_of
+from collector.core.times import IST
 from collector.simulator.server import Simulator
 from tests.process import CollectorProcess
 
-IST = timezone(timedelta(hours=5, minutes=30))
 CLOSED = json.dumps({"*": {"open": "00:00", "close": "24:00", "days": []}})
 ALL_EXCHANGES = ["NSE", "NFO", "CDS", "BSE", "BFO", "BCD", "MCX"]
 

@@ -21,17 +21,18 @@ from collector.core.ratelimit import RateLimiter
 from collector.core.records import Event, FeedSession, Frame, Gap, Mode
 from collector.core.shards import Limits, Shard, plan_universe, shard_universe
 from collector.exceptions import DecodeError
-from collector.feed.connection import FeedConnection, FeedOptions
+from collector.feed.connection import FeedConnection
 from collector.journal.appender import JournalAppender
 from collector.journal.format import EVENT, FRAME, TEXT
 from collector.journal.reader import JournalReader
 from collector.metrics import FeedMetrics
 from collector.simulator.server import Simulator
-from collector.supervisor.upstox import Authorizer, TokenSource
+from collector.supervisor.upstox import TokenSource, UpstoxRest
 from collector.writer.writer import event_record
 from tests.helpers import sample, until
+from tests.support.options import feed_options, journal_options
 
-FAST = FeedOptions(
+FAST = feed_options(
     ping_interval_s=0.2,
     ping_timeout_s=0.5,
     stall_timeout_s=0.4,
@@ -61,10 +62,12 @@ class Client:
         self.metrics = FeedMetrics(self.registry, connection=shard.shard_id)
         self.market = MarketState()
         directory = journal_dir / str(shard.shard_id)
-        self.journal = JournalAppender(directory, fsync="never")
+        self.journal = JournalAppender(directory, journal_options(fsync="never"))
         self.journal.open()
         self.reader = JournalReader(directory)
-        authorize = Authorizer(sim.url, tokens or TokenSource(token=sim.token), RateLimiter([(1000, 1.0)]))
+        authorize = UpstoxRest(
+            sim.url, tokens or TokenSource(token=sim.token), RateLimiter([(1000, 1.0)])
+        ).authorize
         self.feed = FeedConnection(
             shard,
             authorize=authorize,

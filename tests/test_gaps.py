@@ -11,11 +11,11 @@ from collector.core.gaps import (
     Answer,
     CandleRequest,
     gap_minutes,
-    ist_day,
     judge,
     parse_candles,
     plan_requests,
 )
+from collector.core.times import ist_day
 
 T0 = datetime(2026, 11, 20, 4, 0, 30, tzinfo=UTC)  # 09:30:30 IST
 TODAY = date(2026, 11, 20)

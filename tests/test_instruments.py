@@ -31,7 +31,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from collector.core.master import COLUMNS, MAX_BYTES, MasterRejected, judge, parse_master
-from collector.core.sequencer import IST, trading_day
+from collector.core.times import ist_day, ist_time
 from collector.db.instruments import publish_master, store_master, sync_master
 from collector.db.migrate import MIGRATIONS_DIR, migrate
 from collector.metrics import SupervisorMetrics
@@ -44,7 +44,7 @@ from tests.test_cli import collector, wait_port
 
 def today() -> date:
     """The trading day a sync run now stores its master under (IST)."""
-    return trading_day(datetime.now(UTC))
+    return ist_day(datetime.now(UTC))
 
 
 def yesterday() -> date:
@@ -55,7 +55,7 @@ def yesterday() -> date:
 def _not_across_midnight_ist() -> None:
     """Start no test in the last two minutes of an IST day: its syncs would store under two days."""
     now = datetime.now(UTC)
-    midnight = datetime.combine(trading_day(now) + timedelta(days=1), datetime.min.time(), UTC) - IST
+    midnight = ist_time(ist_day(now) + timedelta(days=1))
     left = (midnight - now).total_seconds()
     if left < 120:
         time.sleep(left + 1)
@@ -95,7 +95,7 @@ def store(dsn: str, rows: list[dict[str, Any]], day: date) -> None:
     async def go() -> None:
         conn = await asyncpg.connect(dsn)
         try:
-            await store_master(conn, parse_master(json.dumps(rows).encode()), day=day)
+            await store_master(conn, parse_master(json.dumps(rows).encode()), day=day, min_ratio=0.8)
         finally:
             await conn.close()
 
@@ -436,7 +436,7 @@ async def test_the_supervisors_sync_logs_counts_and_keeps_the_master_in_force(
     rejected = "collector_instrument_master_rejected"
     conn = await asyncpg.connect(migrated)
     try:
-        await store_master(conn, parse_master(gz(full)), day=yesterday())
+        await store_master(conn, parse_master(gz(full)), day=yesterday(), min_ratio=0.8)
         empty = write(tmp_path, "empty.json.gz", b"")
         assert await sync_master(conn, empty, min_ratio=0.8, metrics=metrics) is None
         assert sample(registry, rejected, {"reason": "unreadable"}) == 1
@@ -453,7 +453,7 @@ async def test_the_supervisors_sync_logs_counts_and_keeps_the_master_in_force(
         )
         assert sample(registry, rejected, {"reason": "held"}) == 1
         assert sample(registry, "collector_instrument_master_rows") == len(full)
-        await store_master(conn, parse_master(gz(full[:1])), force=True)
+        await store_master(conn, parse_master(gz(full[:1])), min_ratio=0.8, force=True)
         await publish_master(conn, metrics, current_rows=1)
         assert sample(registry, rejected, {"reason": "held"}) == 0
     finally:

@@ -13,6 +13,7 @@ from collector.journal.appender import JournalAppender
 from collector.journal.files import journal_id, segment_paths
 from collector.journal.format import EVENT, FRAME, HEADER, MAGIC, TEXT, scan
 from collector.journal.reader import JournalReader, last_record_time
+from tests.support.options import journal_options
 
 
 def payloads(n: int, seed: int = 1) -> list[bytes]:
@@ -31,7 +32,7 @@ def read_all(directory: Path, start: int = 0) -> tuple[list[bytes], JournalReade
 
 def test_records_come_back_in_order_with_kinds_times_and_positions(tmp_path: Path) -> None:
     data = payloads(200)
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         times = [j.append((FRAME, TEXT, EVENT)[i % 3], p) for i, p in enumerate(data)]
         end = j.position
     reader = JournalReader(tmp_path)
@@ -46,7 +47,7 @@ def test_records_come_back_in_order_with_kinds_times_and_positions(tmp_path: Pat
 
 
 def test_receive_times_never_go_backwards_whatever_the_clock_does(tmp_path: Path) -> None:
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         first = j.append(FRAME, b"a", time_ns=2_000)
         second = j.append(FRAME, b"b", time_ns=1_000)  # the clock stepped back
     assert second == first + 1
@@ -54,7 +55,7 @@ def test_receive_times_never_go_backwards_whatever_the_clock_does(tmp_path: Path
 
 def test_segments_roll_and_positions_run_on_across_them(tmp_path: Path) -> None:
     data = payloads(300)
-    with JournalAppender(tmp_path, fsync="never", segment_bytes=50_000) as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never", segment_bytes=50_000)) as j:
         for p in data:
             j.append(FRAME, p)
     segments = segment_paths(tmp_path)
@@ -69,14 +70,14 @@ def test_segments_roll_and_positions_run_on_across_them(tmp_path: Path) -> None:
 
 def test_a_new_writer_starts_a_new_segment_after_a_torn_tail(tmp_path: Path) -> None:
     first, second = payloads(20, seed=2), payloads(20, seed=3)
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         for p in first:
             j.append(FRAME, p)
     # The process died in the middle of a write: half a record at the end.
     [segment] = segment_paths(tmp_path)
     with segment.open("ab") as f:
         f.write(MAGIC + b"\x10\x00\x00")
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         for p in second:
             j.append(FRAME, p)
     assert len(segment_paths(tmp_path)) == 2
@@ -86,7 +87,7 @@ def test_a_new_writer_starts_a_new_segment_after_a_torn_tail(tmp_path: Path) -> 
 
 
 def test_an_incomplete_record_at_the_live_end_is_waited_for_not_skipped(tmp_path: Path) -> None:
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         j.append(FRAME, b"x" * 100)
         j.append(FRAME, b"y" * 100)
     [segment] = segment_paths(tmp_path)
@@ -103,7 +104,7 @@ def test_an_incomplete_record_at_the_live_end_is_waited_for_not_skipped(tmp_path
 def test_a_corrupt_record_mid_segment_is_skipped_and_reported(tmp_path: Path, damage: str) -> None:
     data = payloads(30, seed=4)
     positions = []
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         for p in data:
             positions.append(j.position)
             j.append(FRAME, p)
@@ -127,7 +128,7 @@ def test_a_corrupt_record_mid_segment_is_skipped_and_reported(tmp_path: Path, da
 
 def test_a_corrupt_length_cannot_make_the_reader_lose_the_rest(tmp_path: Path) -> None:
     data = payloads(10, seed=5)
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         for p in data:
             j.append(FRAME, p)
     [segment] = segment_paths(tmp_path)
@@ -151,7 +152,7 @@ def test_scan_only_ever_yields_records_that_check_out() -> None:
 
 
 def test_release_deletes_only_whole_segments_before_the_committed_position(tmp_path: Path) -> None:
-    with JournalAppender(tmp_path, fsync="never", segment_bytes=10_000) as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never", segment_bytes=10_000)) as j:
         for p in payloads(60, seed=6):
             j.append(FRAME, p)
         end = j.position
@@ -167,7 +168,7 @@ def test_release_deletes_only_whole_segments_before_the_committed_position(tmp_p
 
 def test_a_position_whose_data_is_gone_resumes_at_the_oldest_segment(tmp_path: Path) -> None:
     data = payloads(40, seed=8)
-    with JournalAppender(tmp_path, fsync="never", segment_bytes=10_000) as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never", segment_bytes=10_000)) as j:
         for p in data:
             j.append(FRAME, p)
     oldest = segment_paths(tmp_path)[0]
@@ -179,20 +180,20 @@ def test_a_position_whose_data_is_gone_resumes_at_the_oldest_segment(tmp_path: P
 
 
 def test_one_writer_per_journal(tmp_path: Path) -> None:
-    with JournalAppender(tmp_path, fsync="never"):
+    with JournalAppender(tmp_path, journal_options(fsync="never")):
         with pytest.raises(JournalLockedError, match=rf"in use by pid {os.getpid()}"):
-            JournalAppender(tmp_path).open()
-    with JournalAppender(tmp_path, fsync="never"):  # released on close
+            JournalAppender(tmp_path, journal_options()).open()
+    with JournalAppender(tmp_path, journal_options(fsync="never")):  # released on close
         pass
 
 
 def test_the_journal_keeps_its_identity_and_its_last_receive_time(tmp_path: Path) -> None:
     assert last_record_time(tmp_path) is None
     ident = journal_id(tmp_path)
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         j.append(FRAME, b"a", time_ns=1_700_000_000_000_000_000)
         j.append(EVENT, b"{}", time_ns=1_700_000_001_500_000_000)
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         assert j.id == ident  # a restart continues the same journal
     # The restart wrote nothing: its segment does not exist, the old end is still the last data.
     assert len(segment_paths(tmp_path)) == 1
@@ -201,7 +202,7 @@ def test_the_journal_keeps_its_identity_and_its_last_receive_time(tmp_path: Path
 
 
 def test_a_refused_write_leaves_no_torn_record(tmp_path: Path) -> None:
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         j.append(FRAME, b"a" * 10)
         size = segment_paths(tmp_path)[0].stat().st_size
         os.close(j._fd)  # type: ignore[arg-type]  # the disk "fails": every write now errors

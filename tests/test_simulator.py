@@ -8,7 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -17,11 +17,10 @@ from collector.core.decode import decode_frame
 from collector.core.gaps import parse_candles
 from collector.core.records import Mode, Tick
 from collector.core.requests import encode_request
+from collector.core.times import IST
 from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.simulator.server import Simulator
 from tests.helpers import until
-
-IST = timezone(timedelta(hours=5, minutes=30))
 
 
 async def http(sim: Simulator, path: str, token: str | None = None) -> tuple[int, dict[str, str], Any]:

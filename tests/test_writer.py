@@ -19,6 +19,7 @@ from collector.journal.files import segment_paths
 from collector.journal.format import FRAME, HEADER
 from tests.helpers import sample, until
 from tests.pipeline import journal_frames, make_writer, sim_frames, store
+from tests.support.options import journal_options
 
 
 def same(a: object, b: object) -> bool:
@@ -247,7 +248,7 @@ async def test_an_undecodable_frame_becomes_a_dead_letter_and_the_rest_is_stored
 async def test_a_corrupt_journal_record_is_skipped_counted_and_passed(migrated: str, tmp_path: Path) -> None:
     frames = sim_frames(10, seed=13)
     positions = []
-    with JournalAppender(tmp_path, fsync="never") as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
         for f in frames:
             positions.append(j.position)
             j.append(FRAME, f)
@@ -267,7 +268,7 @@ async def test_a_corrupt_journal_record_is_skipped_counted_and_passed(migrated: 
 
 
 async def test_committed_segments_are_deleted(migrated: str, tmp_path: Path) -> None:
-    with JournalAppender(tmp_path, fsync="never", segment_bytes=64 * 1024) as j:
+    with JournalAppender(tmp_path, journal_options(fsync="never", segment_bytes=64 * 1024)) as j:
         for f in sim_frames(80, seed=14):
             j.append(FRAME, f)
     assert len(segment_paths(tmp_path)) > 3
@@ -293,7 +294,7 @@ async def test_read_ahead_is_bounded_while_the_database_is_slow(migrated: str, t
         await asyncio.sleep(1.5)
         # One batch in flight and the next one full (each read takes at most read_bytes):
         # the rest waits in the journal, not in memory.
-        assert 0 < writer._reader.position <= 3 * writer.read_bytes < end / 2
+        assert 0 < writer._reader.position <= 3 * writer.options.read_bytes < end / 2
         await lock.rollback()
         await until(lambda: writer.caught_up.is_set(), 60, "caught up")
     finally:

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from collector.core.times import ist_day, ist_time
+
 __all__ = [
     "DEFAULT_HOURS",
     "EXCHANGE_OF_SEGMENT",
+    "SEGMENTS",
     "Calendar",
     "Holiday",
     "Hours",
@@ -30,13 +33,14 @@ __all__ = [
     "parse_hours",
 ]
 
-IST = timedelta(hours=5, minutes=30)
 # Upstox's exchange codes (holiday lists and candle APIs) for each feed segment.
 EXCHANGE_OF_SEGMENT = {
     "NSE_EQ": "NSE", "NSE_INDEX": "NSE", "NSE_COM": "NSE", "NSE_FO": "NFO",
     "BSE_EQ": "BSE", "BSE_INDEX": "BSE", "BSE_FO": "BFO",
     "NCD_FO": "CDS", "BCD_FO": "BCD", "MCX_FO": "MCX", "MCX_INDEX": "MCX",
 }  # fmt: skip
+# Upstox's feed segments: the labels of every per-segment metric.
+SEGMENTS: tuple[str, ...] = tuple(EXCHANGE_OF_SEGMENT)
 WEEKDAYS = frozenset(range(5))
 
 
@@ -147,12 +151,8 @@ class Calendar:
         h = self.hours.get(exchange)
         if h is None or day.weekday() not in h.weekdays:
             return special
-        start = datetime.combine(day, h.open, UTC) - IST
-        end = (
-            datetime.combine(day, h.close, UTC)
-            if h.close
-            else datetime.combine(day + timedelta(days=1), time(), UTC)
-        ) - IST
+        start = ist_time(day, h.open)
+        end = ist_time(day, h.close) if h.close else ist_time(day + timedelta(days=1))
         return [(start, end)]
 
     def open_spans(
@@ -167,7 +167,7 @@ class Calendar:
         if end <= start:
             return []
         pieces: list[tuple[datetime, datetime, str]] = []
-        first, last = (start + IST).date() - timedelta(days=1), (end + IST).date()
+        first, last = ist_day(start) - timedelta(days=1), ist_day(end)
         for segment in sorted(set(segments)):
             exchange = EXCHANGE_OF_SEGMENT.get(segment)
             if exchange is None:

@@ -11,19 +11,18 @@ ignored here.
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from collector.core.records import Bar, Frame, FrameKind, StatusChange, Tick
+from collector.core.times import EPOCH, MAX_EPOCH_MS
 from collector.exceptions import DecodeError
 from collector.proto import MarketDataFeedV3_pb2 as pb
 
 __all__ = ["decode_frame", "epoch_ms"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, datetime's limit
 _FRAME_KINDS: dict[int, FrameKind] = {
     pb.initial_feed: "initial_feed",
     pb.live_feed: "live_feed",
@@ -44,7 +43,7 @@ _new: _TupleNew = tuple.__new__  # type: ignore[assignment]  # a C slot, typed f
 
 def epoch_ms(ms: int, what: str) -> datetime:
     """Convert epoch milliseconds to an aware UTC datetime, or raise DecodeError."""
-    if not 0 <= ms <= _MAX_MS:
+    if not 0 <= ms <= MAX_EPOCH_MS:
         raise DecodeError(f"{what} out of range: {ms}")
     return _from_ms(ms)
 
@@ -54,7 +53,7 @@ def _from_ms(ms: int) -> datetime:
     # The same instants come again and again: a bar's start for its whole minute
     # or day, an instrument's last trade time until it trades again, a frame's
     # time for every instrument in it. Remembering them saves a datetime per use.
-    return _EPOCH + timedelta(milliseconds=ms)
+    return EPOCH + timedelta(milliseconds=ms)
 
 
 def decode_frame(data: bytes, received_at: datetime) -> Frame:

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote
 
+from collector.core.times import ist_day
+
 __all__ = [
+    "FILL_STATUSES",
     "HISTORY_START",
     "MAX_DAYS_PER_REQUEST",
     "Answer",
@@ -40,14 +43,12 @@ __all__ = [
     "FillStatus",
     "Verdict",
     "gap_minutes",
-    "ist_day",
     "judge",
     "minute_of",
     "parse_candles",
     "plan_requests",
 ]
 
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
 MINUTE = timedelta(minutes=1)
 # Upstox's 1-minute history starts in January 2022.
 HISTORY_START = date(2022, 1, 1)
@@ -56,6 +57,7 @@ MAX_DAYS_PER_REQUEST = 28
 CANDLES_PATH = "/v3/historical-candle"
 
 FillStatus = Literal["pending", "filled", "partial", "unfillable"]
+FILL_STATUSES: tuple[FillStatus, ...] = ("pending", "filled", "partial", "unfillable")
 
 
 def minute_of(t: datetime) -> datetime:
@@ -73,11 +75,6 @@ def gap_minutes(start: datetime, end: datetime) -> list[datetime]:
         out.append(m)
         m += MINUTE
     return out
-
-
-def ist_day(t: datetime) -> date:
-    """The IST calendar day of ``t``: Upstox's days, for both candle endpoints."""
-    return t.astimezone(IST).date()
 
 
 @dataclass(frozen=True, slots=True, order=True)

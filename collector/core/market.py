@@ -8,13 +8,19 @@ expected before treating silence as a problem.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal, get_args
 
 from collector.core.records import StatusChange
 
-__all__ = ["OPEN_STATUSES", "MarketState"]
+__all__ = ["MARKET_STATUSES", "OPEN_STATUSES", "MarketState", "MarketStatus"]
 
+# A segment's normal-session status (the feed's MarketStatus enum, by name).
+MarketStatus = Literal[
+    "PRE_OPEN_START", "PRE_OPEN_END", "NORMAL_OPEN", "NORMAL_CLOSE", "CLOSING_START", "CLOSING_END"
+]  # fmt: skip
+MARKET_STATUSES: tuple[MarketStatus, ...] = get_args(MarketStatus)
 # Statuses during which updates are expected to flow.
-OPEN_STATUSES = frozenset({"PRE_OPEN_START", "NORMAL_OPEN", "CLOSING_START"})
+OPEN_STATUSES: frozenset[MarketStatus] = frozenset({"PRE_OPEN_START", "NORMAL_OPEN", "CLOSING_START"})
 
 
 class MarketState:

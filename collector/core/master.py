@@ -28,17 +28,18 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from collector.core.times import EPOCH, MAX_EPOCH_MS
 from collector.exceptions import CollectorError
 
 __all__ = [
     "COLUMNS",
-    "DEFAULT_MIN_RATIO",
     "MAX_BAD_SHARE",
     "MAX_BYTES",
+    "REJECT_REASONS",
     "MasterRejected",
     "MasterStatus",
     "ParsedMaster",
@@ -60,12 +61,10 @@ MAX_BYTES = 1 << 30
 # a new date format breaks a whole segment at once, and storing the rest would
 # silently drop that segment from the universe.
 MAX_BAD_SHARE = 0.10
-DEFAULT_MIN_RATIO = 0.8
 _INT4 = 2**31
-_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, datetime's limit
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 RejectReason = Literal["unreadable", "bad_rows"]
+REJECT_REASONS: tuple[RejectReason, ...] = ("unreadable", "bad_rows")
 MasterStatus = Literal["accepted", "forced", "held"]
 
 
@@ -192,9 +191,9 @@ def _expiry(v: Any) -> datetime:
             raise _Bad from None
     else:
         raise _Bad
-    if not 0 <= ms <= _MAX_MS:
+    if not 0 <= ms <= MAX_EPOCH_MS:
         raise _Bad
-    return _EPOCH + timedelta(milliseconds=ms)
+    return EPOCH + timedelta(milliseconds=ms)
 
 
 def _bool(v: Any) -> bool:

@@ -18,6 +18,7 @@ TickKind = Literal["ltpc", "option_greeks", "full", "full_d30", "index"]
 TICK_KINDS: tuple[TickKind, ...] = ("ltpc", "option_greeks", "full", "full_d30", "index")
 
 FrameKind = Literal["initial_feed", "live_feed", "market_info"]
+FRAME_KINDS: tuple[FrameKind, ...] = ("initial_feed", "live_feed", "market_info")
 
 
 class Tick(NamedTuple):

@@ -25,25 +25,19 @@ live. A journal seen for the first time is seeded from the latest stored ticks
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from collector.core.records import TICK_COLUMNS, Tick
+from collector.core.times import EPOCH, ist_day
 
-__all__ = ["IST", "TickSequencer", "trading_day"]
+__all__ = ["TickSequencer"]
 
-IST = timedelta(hours=5, minutes=30)
 _VOLUME = TICK_COLUMNS.index("volume")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 # State older than this (relative to the newest instrument in it) is dropped:
 # an instrument silent for a week (an expired contract) needs no continuity.
 KEEP = timedelta(days=7)
-
-
-def trading_day(t: datetime) -> date:
-    """The Indian calendar day (IST) of an aware datetime."""
-    return (t + IST).date()
 
 
 class TickSequencer:
@@ -56,7 +50,7 @@ class TickSequencer:
 
     def seed(self, key: str, time: datetime, ltp: float, vtt: int | None) -> None:
         """Remember a tick already stored (e.g. the latest one in the database)."""
-        self._last[key] = (time, ltp, vtt, trading_day(time))
+        self._last[key] = (time, ltp, vtt, ist_day(time))
 
     def dump(self) -> dict[str, list[Any]]:
         """The state as JSON-able data: key -> [time in us since the epoch, ltp, vtt]."""
@@ -66,13 +60,13 @@ class TickSequencer:
         stale = [k for k, v in self._last.items() if newest - v[0] > KEEP]
         for k in stale:
             del self._last[k]
-        return {k: [(v[0] - _EPOCH) // _US, v[1], v[2]] for k, v in self._last.items()}
+        return {k: [(v[0] - EPOCH) // _US, v[1], v[2]] for k, v in self._last.items()}
 
     def load(self, state: dict[str, list[Any]]) -> None:
         """Replace the state with one from :meth:`dump`."""
         self._last = {}
         for key, (time_us, ltp, vtt) in state.items():
-            self.seed(key, _EPOCH + timedelta(microseconds=time_us), ltp, vtt)
+            self.seed(key, EPOCH + timedelta(microseconds=time_us), ltp, vtt)
 
     def process(self, ticks: list[Tick]) -> list[Tick]:
         """Return the ticks to store, in order, with ``volume`` filled in."""
@@ -81,7 +75,7 @@ class TickSequencer:
         for tick in ticks:
             key = tick.instrument_key
             prev = last.get(key)
-            day = trading_day(tick.time)
+            day = ist_day(tick.time)
             if (
                 tick.snapshot
                 and prev is not None

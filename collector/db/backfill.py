@@ -39,6 +39,7 @@ from typing import Any
 import asyncpg
 
 from collector.core.gaps import (
+    FILL_STATUSES,
     HISTORY_START,
     MINUTE,
     Answer,
@@ -46,13 +47,14 @@ from collector.core.gaps import (
     CandleRequest,
     Verdict,
     gap_minutes,
-    ist_day,
     judge,
     parse_candles,
     plan_requests,
 )
 from collector.core.ratelimit import RateLimiter
-from collector.exceptions import AccessForbidden, TokenRejected, UpstoxError, UpstoxProtocolError
+from collector.core.times import ist_day
+from collector.db.connect import TRANSIENT_ERRORS
+from collector.exceptions import UpstoxError, UpstoxProtocolError
 from collector.metrics import SupervisorMetrics
 from collector.supervisor.upstox import UpstoxRest
 
@@ -181,7 +183,7 @@ class Backfill:
             return await self._run(conn)
         finally:
             # A connection broken mid-run releases the lock as it closes.
-            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            with contextlib.suppress(*TRANSIENT_ERRORS):
                 await conn.execute("SELECT pg_advisory_unlock($1)", BACKFILL_LOCK_ID)
 
     async def _run(self, conn: asyncpg.Connection) -> BackfillReport:
@@ -286,10 +288,9 @@ class Backfill:
                         request.path, "candles", limiters=[self._limiter], allow=budget.take
                     )
                     results[request] = parse_candles(payload)
-                except (TokenRejected, AccessForbidden) as exc:
-                    fatal.append(exc)
-                    results[request] = exc
                 except UpstoxError as exc:
+                    if exc.credentials:  # every request would fail alike: end the run
+                        fatal.append(exc)
                     results[request] = exc
                 except ValueError as exc:
                     results[request] = f"candles answered {exc}"
@@ -465,7 +466,7 @@ class Backfill:
         counts = {r["fill_status"]: r["n"] for r in await conn.fetch(
             "SELECT fill_status, count(*) AS n FROM feed_gaps GROUP BY 1"
         )}  # fmt: skip
-        for status in ("pending", "filled", "partial", "unfillable"):
+        for status in FILL_STATUSES:
             m.gaps.labels(status).set(counts.get(status, 0))
         row = await conn.fetchrow(
             "SELECT min(ended_at) AS oldest, coalesce(sum(greatest(coalesce(minutes_expected, 0) - minutes_filled "

@@ -5,6 +5,12 @@ Docker's DNS settles) is waited for with backoff; a stop request ends the
 wait. A DSN that cannot work (malformed, bad port, bad sslmode, wrong user or
 password, no such database) is a :class:`ConfigError` naming
 ``COLLECTOR_DATABASE_URL`` at once, the password never in its message.
+
+This module is also the database boundary's one rule for "retry or give up",
+which every caller uses: :data:`TRANSIENT_ERRORS` (the database is away, or
+was: try again on a new connection), :data:`DATA_ERRORS` (this data can never
+be stored: set it aside), :data:`PERMANENT_CONNECT_ERRORS` (connecting can
+never work: the configuration is wrong). And it names the timeouts once.
 """
 
 from __future__ import annotations
@@ -20,11 +26,27 @@ import asyncpg
 from collector.core.backoff import full_jitter
 from collector.exceptions import ConfigError
 
-__all__ = ["PERMANENT_CONNECT_ERRORS", "TRANSIENT_ERRORS", "connect", "connect_until", "redact"]
+__all__ = [
+    "COMMAND_TIMEOUT_S",
+    "CONNECT_TIMEOUT_S",
+    "DATA_ERRORS",
+    "JOB_COMMAND_TIMEOUT_S",
+    "PERMANENT_CONNECT_ERRORS",
+    "TRANSIENT_ERRORS",
+    "connect",
+    "connect_until",
+    "redact",
+]
 
 logger = logging.getLogger(__name__)
 
 SETTING = "COLLECTOR_DATABASE_URL"
+# How long opening a connection may take.
+CONNECT_TIMEOUT_S = 10.0
+# How long one statement of the supervisor's start-up or of a writer may take.
+COMMAND_TIMEOUT_S = 300.0
+# How long one statement of a scheduled job may take (a candle refresh after an outage is long).
+JOB_COMMAND_TIMEOUT_S = 600.0
 # Retrying these cannot help: the configuration is wrong.
 PERMANENT_CONNECT_ERRORS = (
     ValueError,  # asyncpg's ClientConfigurationError too: malformed DSN, bad sslmode
@@ -33,8 +55,14 @@ PERMANENT_CONNECT_ERRORS = (
     asyncpg.InvalidCatalogNameError,  # no such database
     asyncpg.InsufficientPrivilegeError,  # no CONNECT privilege
 )
-# The database is away, or was: try again later.
-TRANSIENT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The database is away, or was: try again later. InternalClientError is asyncpg's
+# word for a protocol state broken by a connection that died mid-operation.
+TRANSIENT_ERRORS = (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+)  # fmt: skip
+# This data is bad, not the database away: class 22 (data exception) and 23
+# (integrity constraint violation). Retrying the same rows cannot help.
+DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def redact(text: str, dsn: str) -> str:
@@ -47,7 +75,8 @@ def redact(text: str, dsn: str) -> str:
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
-    """asyncpg.connect, with permanent failures turned into a ConfigError."""
+    """asyncpg.connect (within :data:`CONNECT_TIMEOUT_S` unless told), permanent failures a ConfigError."""
+    kwargs.setdefault("timeout", CONNECT_TIMEOUT_S)
     try:
         return await asyncpg.connect(dsn, **kwargs)
     except PERMANENT_CONNECT_ERRORS as exc:

@@ -17,14 +17,11 @@ from typing import Any
 import asyncpg
 
 from collector.core.calendar import Holiday, parse_holidays
-from collector.core.gaps import ist_day
-from collector.supervisor.upstox import UpstoxRest
+from collector.core.times import ist_day
 
-__all__ = ["HOLIDAYS_PATH", "fetch_holidays", "fetched_today", "load_holidays", "store_holidays"]
+__all__ = ["fetched_today", "load_holidays", "store_holidays"]
 
 logger = logging.getLogger(__name__)
-
-HOLIDAYS_PATH = "/v2/market/holidays"
 
 
 async def load_holidays(conn: asyncpg.Connection) -> tuple[list[Holiday], datetime | None]:
@@ -89,11 +86,6 @@ async def store_holidays(conn: asyncpg.Connection, payload: Any) -> list[Holiday
             # Nothing to cache: the next start-up asks again.
             logger.warning("Upstox's holiday list is empty")
     return holidays
-
-
-async def fetch_holidays(rest: UpstoxRest) -> Any:
-    """The body of ``GET /v2/market/holidays`` (this year's list); raises UpstoxError."""
-    return await rest.get_json(HOLIDAYS_PATH, "holidays")
 
 
 def fetched_today(fetched_at: datetime | None, now: datetime | None = None) -> bool:

@@ -28,8 +28,8 @@ import asyncpg
 
 from collector.core.master import (
     COLUMNS,
-    DEFAULT_MIN_RATIO,
     MAX_BYTES,
+    REJECT_REASONS,
     MasterRejected,
     MasterStatus,
     ParsedMaster,
@@ -37,7 +37,7 @@ from collector.core.master import (
     judge,
     parse_master,
 )
-from collector.core.sequencer import trading_day
+from collector.core.times import ist_day
 
 if TYPE_CHECKING:
     from collector.metrics import SupervisorMetrics
@@ -144,7 +144,7 @@ async def store_master(
     master: ParsedMaster,
     *,
     day: date | None = None,
-    min_ratio: float = DEFAULT_MIN_RATIO,
+    min_ratio: float,
     force: bool = False,
 ) -> MasterLoad:
     """Upsert the master's rows for ``day`` (today, IST, by default) and judge the day.
@@ -153,7 +153,7 @@ async def store_master(
     which day ``instruments_current`` shows change together or not at all.
     """
     now = datetime.now(UTC)
-    day = day or trading_day(now)
+    day = day or ist_day(now)
     cols = ", ".join(COLUMNS)
     updates = ", ".join(f"{c} = excluded.{c}" for c in (*COLUMNS[1:], "updated_at"))
     async with conn.transaction():
@@ -206,7 +206,7 @@ async def store_master(
 
 
 async def load_master(
-    conn: asyncpg.Connection, source: str, *, min_ratio: float = DEFAULT_MIN_RATIO, force: bool = False
+    conn: asyncpg.Connection, source: str, *, min_ratio: float, force: bool = False
 ) -> MasterLoad:
     """Fetch, check and store the master; raises :class:`MasterRejected` and stores nothing if refused."""
     # In a thread: a large master takes seconds to parse, and the supervisor's loop must go on.
@@ -230,10 +230,10 @@ async def sync_master(
         load = await load_master(conn, source, min_ratio=min_ratio)
     except MasterRejected as exc:
         logger.error("instrument master refused; the master in force (if any) stays: %s", exc)
-        for reason in ("unreadable", "bad_rows"):
+        for reason in REJECT_REASONS:
             metrics.master_rejected.labels(reason).set(1 if reason == exc.reason else 0)
         return None
-    for reason in ("unreadable", "bad_rows"):
+    for reason in REJECT_REASONS:
         metrics.master_rejected.labels(reason).set(0)
     metrics.master_skipped.set(load.skipped_rows)
     if load.current:

@@ -17,19 +17,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from collector.core.times import IST
 from collector.exceptions import CollectorError
-from collector.metrics import SupervisorMetrics
+from collector.metrics import Job, SupervisorMetrics
 
-__all__ = ["IST_TZ", "Jobs", "apply_retention_policy", "candles_mode"]
+__all__ = ["Jobs", "apply_retention_policy", "candles_mode"]
 
 logger = logging.getLogger(__name__)
 
-IST_TZ = timezone(timedelta(hours=5, minutes=30), "IST")
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 LEVELS = ("candles_1m", "candles_5m", "candles_15m", "candles_1h", "candles_1d")
 # Continuous aggregates aggregate recent data in real time and their policies
@@ -77,7 +77,7 @@ class Jobs:
         self._retention_days = retention_days
         self.mode: str | None = None
 
-    async def run(self, name: str, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> bool:
+    async def run(self, name: Job, work: Callable[[asyncpg.Connection], Awaitable[None]]) -> bool:
         """Run ``work`` on a fresh connection as job ``name``: counted, logged, never raised."""
         self._metrics.job_runs.labels(name).inc()
         try:
@@ -151,11 +151,11 @@ class Jobs:
         *,
         refresh_interval_s: float,
         sync: Callable[[], Awaitable[bool]] | None = None,
-        sync_time: str = "06:15",
+        sync_time: str,
     ) -> None:
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 300}
         scheduler.add_job(self.refresh_candles, "interval", seconds=refresh_interval_s, **common)
         scheduler.add_job(self.retention, "interval", hours=1, next_run_time=datetime.now(UTC), **common)
         if sync is not None:
             hh, mm = (int(x) for x in sync_time.split(":"))
-            scheduler.add_job(sync, "cron", hour=hh, minute=mm, timezone=IST_TZ, **common)
+            scheduler.add_job(sync, "cron", hour=hh, minute=mm, timezone=IST, **common)

@@ -26,7 +26,6 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +36,7 @@ from collector.core.backoff import full_jitter
 from collector.core.calendar import Calendar
 from collector.core.decode import decode_frame
 from collector.core.market import MarketState
-from collector.core.records import MODES, Mode
+from collector.core.records import FRAME_KINDS, MODES, Mode
 from collector.core.requests import Method, chunked, encode_request, plan_changes
 from collector.core.shards import DEFAULT_LIMITS, Limits, Shard, segment_of
 from collector.exceptions import (
@@ -54,8 +53,9 @@ from collector.exceptions import (
 from collector.journal.appender import JournalAppender
 from collector.journal.format import EVENT, FRAME, TEXT
 from collector.metrics import FeedMetrics
+from collector.options import FeedOptions
 
-__all__ = ["Authorize", "FeedConnection", "FeedOptions"]
+__all__ = ["Authorize", "FeedConnection"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,25 +66,6 @@ Authorize = Callable[[], Awaitable[str]]
 # initial_feed (0, which proto3 omits): serializers write fields in number order.
 _LIVE = b"\x08\x01"
 _MARKET_INFO = b"\x08\x02"
-
-
-@dataclass(frozen=True, slots=True)
-class FeedOptions:
-    """Timing and sizing of a feed connection; seconds unless named otherwise."""
-
-    chunk_size: int = 500
-    open_timeout_s: float = 10.0
-    ping_interval_s: float = 20.0
-    ping_timeout_s: float = 20.0
-    stall_timeout_s: float = 60.0
-    healthy_after_s: float = 30.0
-    backoff_base_s: float = 1.0
-    backoff_cap_s: float = 60.0
-    token_retry_s: float = 60.0
-    rate_limit_retry_s: float = 30.0
-    max_frame_bytes: int = 16 * 1024 * 1024
-    journal_max_bytes: int = 8 * 1024**3
-    journal_retry_s: float = 1.0
 
 
 class _JournalBlocked(Exception):
@@ -102,7 +83,7 @@ class FeedConnection:
         journal: JournalAppender,
         market: MarketState,
         metrics: FeedMetrics,
-        options: FeedOptions | None = None,
+        options: FeedOptions,
         limits: Limits = DEFAULT_LIMITS,
         ssl_context: ssl.SSLContext | None = None,
         backoff: Callable[[], Iterator[float]] | None = None,
@@ -118,7 +99,7 @@ class FeedConnection:
         self.journal = journal
         self.market = market
         self._metrics = metrics
-        self._opt = options or FeedOptions()
+        self._opt = options
         self._limits = limits
         self._ssl = ssl_context
         self._backoff = backoff or (
@@ -240,10 +221,7 @@ class FeedConnection:
                 await self._send("sub", keys, mode)
             self._mark_up(connected_at)
             watchdog = asyncio.create_task(self._watchdog(ws))
-            frames = {
-                kind: metrics.frames.labels(label, kind)
-                for kind in ("initial_feed", "live_feed", "market_info")
-            }
+            frames = {kind: metrics.frames.labels(label, kind) for kind in FRAME_KINDS}
             received = metrics.bytes.labels(label)
             last_frame = metrics.last_frame.labels(label)
             max_bytes = self._opt.journal_max_bytes

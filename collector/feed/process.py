@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,13 @@ from collector.core.calendar import Calendar
 from collector.core.market import MarketState
 from collector.core.shards import Shard
 from collector.exceptions import UPSTOX_REASONS, UpstoxError, UpstoxNetworkError
-from collector.feed.connection import FeedConnection, FeedOptions
+from collector.feed.connection import FeedConnection
 from collector.ipc.channel import Channel
 from collector.ipc.child import run_child
-from collector.journal.appender import FsyncPolicy, JournalAppender
+from collector.journal.appender import JournalAppender
 from collector.journal.reader import last_record_time
 from collector.metrics import FeedMetrics
+from collector.options import FeedOptions, JournalOptions
 
 __all__ = ["FeedSpec", "main"]
 
@@ -41,10 +42,8 @@ class FeedSpec:
     connection: int
     keys: dict[str, list[str]]
     journal_dir: str
-    options: dict[str, Any] = field(default_factory=dict)  # FeedOptions fields
-    fsync: FsyncPolicy = "periodic"
-    fsync_interval_s: float = 1.0
-    segment_bytes: int = 64 * 1024 * 1024
+    options: dict[str, Any]  # FeedOptions fields
+    journal: dict[str, Any]  # JournalOptions fields
     calendar: dict[str, Any] | None = None
     since: str | None = None  # last activity the database knows of, if the journal has none
     log_level: str = "INFO"
@@ -84,12 +83,7 @@ async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> in
     metrics = FeedMetrics(CollectorRegistry(), connection=spec.connection)
     calendar = Calendar.from_json(spec.calendar) if spec.calendar is not None else None
     authorizer = _Authorizer(channel)
-    with JournalAppender(
-        Path(spec.journal_dir),
-        fsync=spec.fsync,
-        fsync_interval_s=spec.fsync_interval_s,
-        segment_bytes=spec.segment_bytes,
-    ) as journal:
+    with JournalAppender(Path(spec.journal_dir), JournalOptions(**spec.journal)) as journal:
         last = last_record_time(Path(spec.journal_dir))
         notices: list[asyncio.Task[None]] = []
         since = last or (datetime.fromisoformat(spec.since) if spec.since else None)

@@ -27,34 +27,25 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Literal
 
 from collector.exceptions import JournalWriteError
-from collector.journal.files import journal_id, lock_file, segment_name, segment_position
+from collector.journal.files import disk_bytes, journal_id, lock_file, segment_name, segments
 from collector.journal.format import encode_header
+from collector.options import JournalOptions
 
-__all__ = ["FsyncPolicy", "JournalAppender"]
+__all__ = ["JournalAppender"]
 
 logger = logging.getLogger(__name__)
-
-FsyncPolicy = Literal["always", "periodic", "never"]
 
 
 class JournalAppender:
     """Appends records to one journal folder."""
 
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        fsync: FsyncPolicy = "periodic",
-        fsync_interval_s: float = 1.0,
-        segment_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
+    def __init__(self, directory: Path, options: JournalOptions) -> None:
         self.directory = directory
-        self.fsync = fsync
-        self.fsync_interval_s = fsync_interval_s
-        self.segment_bytes = segment_bytes
+        self.fsync = options.fsync
+        self.fsync_interval_s = options.fsync_interval_s
+        self.segment_bytes = options.segment_bytes
         self._lock_fd: int | None = None
         self._fd: int | None = None
         self._segment_size = 0
@@ -71,9 +62,9 @@ class JournalAppender:
         """Lock the journal and get ready to append after whatever is there."""
         self._lock_fd = lock_file(self.directory / "feed.lock", "journal")
         self.id = journal_id(self.directory)
-        segments = self.segments()
-        if segments:
-            last = segments[-1]
+        found = segments(self.directory)
+        if found:
+            last = found[-1]
             self.position = last[0] + last[1].stat().st_size
         # The first segment of this writer is made at the first append: a
         # process that dies before writing leaves the journal as it found it.
@@ -96,16 +87,6 @@ class JournalAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def segments(self) -> list[tuple[int, Path]]:
-        """(position, path) of every segment, oldest first."""
-        found = []
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.directory):
-                pos = segment_position(entry.name)
-                if pos is not None:
-                    found.append((pos, Path(entry.path)))
-        return sorted(found)
 
     def _open_segment(self) -> None:
         if self._fd is not None:
@@ -201,11 +182,7 @@ class JournalAppender:
         """Bytes of every segment on disk (re-read at most every ``max_age_s``)."""
         now = time.monotonic()
         if now - self._disk_checked >= max_age_s:
-            total = 0
-            for _, path in self.segments():
-                with contextlib.suppress(FileNotFoundError):
-                    total += path.stat().st_size
-            self._disk_bytes = total
+            self._disk_bytes = disk_bytes(self.directory)
             self._disk_checked = now
         return self._disk_bytes
 

@@ -20,11 +20,13 @@ from collector.exceptions import JournalLockedError
 
 __all__ = [
     "SEGMENT_SUFFIX",
+    "disk_bytes",
     "journal_id",
     "lock_file",
     "segment_name",
     "segment_paths",
     "segment_position",
+    "segments",
 ]
 
 SEGMENT_SUFFIX: Final = ".journal"
@@ -84,6 +86,26 @@ def journal_id(directory: Path) -> str:
     return path.read_text().strip()
 
 
+def segments(directory: Path) -> list[tuple[int, Path]]:
+    """(position, path) of every segment of a journal folder, oldest first; [] while it does not exist."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            position = segment_position(entry.name)
+            if position is not None:
+                found.append((position, Path(entry.path)))
+    return sorted(found)
+
+
 def segment_paths(directory: Path) -> list[Path]:
-    """Segment files of a journal folder, oldest first (for tools and tests)."""
-    return sorted(p for p in directory.glob("*" + SEGMENT_SUFFIX) if segment_position(p.name) is not None)
+    """Segment files of a journal folder, oldest first."""
+    return [path for _, path in segments(directory)]
+
+
+def disk_bytes(directory: Path) -> int:
+    """Bytes of every segment of a journal folder on disk (one deleted meanwhile counts nothing)."""
+    total = 0
+    for _, path in segments(directory):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total

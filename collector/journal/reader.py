@@ -11,14 +11,13 @@ position are deleted (:meth:`JournalReader.release`).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from collector.journal.files import segment_paths, segment_position
+from collector.journal.files import disk_bytes, segment_name, segment_paths, segments
 from collector.journal.format import HEADER, MAX_RECORD_BYTES, Record, scan
 
 __all__ = ["JournalReader", "last_record_time"]
@@ -47,16 +46,10 @@ class JournalReader:
     # -- segments ---------------------------------------------------------------------
 
     def _path(self, base: int) -> Path:
-        return self.directory / f"{base:020d}.journal"
+        return self.directory / segment_name(base)
 
     def _list(self) -> list[int]:
-        found = []
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.directory):
-                pos = segment_position(entry.name)
-                if pos is not None:
-                    found.append(pos)
-        self._segments = sorted(found)
+        self._segments = [position for position, _ in segments(self.directory)]
         return self._segments
 
     def end(self) -> int:
@@ -72,11 +65,7 @@ class JournalReader:
 
     def disk_bytes(self) -> int:
         """Bytes of every segment still on disk."""
-        total = 0
-        for base in self._list():
-            with contextlib.suppress(FileNotFoundError):
-                total += self._path(base).stat().st_size
-        return total
+        return disk_bytes(self.directory)
 
     def seek(self, position: int) -> int:
         """Read from ``position`` on; returns where reading really starts.

@@ -17,11 +17,12 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
 from collector.core.calendar import EXCHANGE_OF_SEGMENT
+from collector.core.times import IST
 from collector.simulator.market import SimMarket
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 
 CANDLE_PREFIX = "/v3/historical-candle/"
 HOLIDAYS_PATH = "/v2/market/holidays"
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
 MAX_RANGE_DAYS = 31  # "at most one month per request" for 1-15 minute candles
 
 

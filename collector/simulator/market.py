@@ -18,15 +18,15 @@ from __future__ import annotations
 import calendar
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from collector.core.records import Mode
+from collector.core.times import DAY_MS, IST_OFFSET_MS, ist_day, ist_time
 from collector.proto import MarketDataFeedV3_pb2 as pb
 
 __all__ = ["Candle", "Instrument", "SimMarket", "generate_master"]
 
-IST = timedelta(hours=5, minutes=30)
 # (minute start in epoch ms, open, high, low, close, volume, oi)
 Candle = tuple[int, float, float, float, float, int, float]
 INDICES = {
@@ -66,7 +66,7 @@ def _expiries(today: date, n: int) -> list[date]:
 
 def _epoch_ms(d: date) -> int:
     # Contracts expire at 15:30 IST.
-    moment = datetime(d.year, d.month, d.day, 15, 30, tzinfo=UTC) - IST
+    moment = ist_time(d, time(15, 30))
     return int(moment.timestamp() * 1000)
 
 
@@ -77,7 +77,7 @@ def generate_master(stocks: int = 50, today: date | None = None, seed: int = 7) 
     three monthly futures per stock and per index, and options on the nearest
     expiry around the money for the indices and the first stocks.
     """
-    today = today or (datetime.now(UTC) + IST).date()
+    today = today or ist_day(datetime.now(UTC))
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     token = 35000
@@ -310,7 +310,7 @@ class SimMarket:
 
     @staticmethod
     def _ohlc(ohlc: pb.MarketOHLC, inst: Instrument) -> None:
-        day_start = inst.ltt - (inst.ltt + 19_800_000) % 86_400_000  # 00:00 IST
+        day_start = inst.ltt - (inst.ltt + IST_OFFSET_MS) % DAY_MS  # 00:00 IST
         d = ohlc.ohlc.add()
         d.interval, d.ts, d.vol = "1d", day_start, inst.vtt
         d.open, d.high, d.low, d.close = inst.day_open, inst.day_high, inst.day_low, inst.ltp

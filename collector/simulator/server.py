@@ -45,9 +45,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from collector.core.calendar import SEGMENTS
 from collector.core.records import MODES, Mode
 from collector.core.shards import DEFAULT_LIMITS, Limits, segment_of
-from collector.metrics import SEGMENTS
 from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.simulator.candles import CANDLE_PREFIX, HOLIDAYS_PATH, CandleFault, RestApi, holiday_closed
 from collector.simulator.market import SimMarket, generate_master

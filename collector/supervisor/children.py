@@ -26,7 +26,7 @@ from typing import Any
 from collector.core.backoff import full_jitter
 from collector.ipc.channel import Channel
 from collector.ipc.metrics import mark_dead
-from collector.metrics import SupervisorMetrics
+from collector.metrics import Process, SupervisorMetrics
 
 __all__ = ["Child"]
 
@@ -40,7 +40,7 @@ class Child:
 
     def __init__(
         self,
-        process: str,
+        process: Process,
         connection: int,
         *,
         module: str,

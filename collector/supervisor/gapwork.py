@@ -26,14 +26,14 @@ import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from collector.core.calendar import Calendar, Holiday
-from collector.core.ratelimit import RateLimiter
 from collector.core.shards import Shard
+from collector.core.times import IST
 from collector.db.backfill import Backfill
-from collector.db.holidays import fetch_holidays, fetched_today, load_holidays, store_holidays
-from collector.db.jobs import IST_TZ, Jobs
+from collector.db.holidays import fetched_today, load_holidays, store_holidays
+from collector.db.jobs import Jobs
 from collector.metrics import SupervisorMetrics
 from collector.supervisor.children import Child
-from collector.supervisor.upstox import TokenSource, UpstoxRest
+from collector.supervisor.upstox import UpstoxRest
 
 __all__ = ["GapWork"]
 
@@ -53,9 +53,7 @@ class GapWork:
     def __init__(
         self,
         *,
-        api_url: str,
-        tokens: TokenSource,
-        rest: RateLimiter,
+        upstox: UpstoxRest,
         jobs: Jobs,
         metrics: SupervisorMetrics,
         calendar: Calendar,
@@ -63,13 +61,8 @@ class GapWork:
         shard: Callable[[int], Shard | None],
         tasks: list[asyncio.Task[None]],
     ) -> None:
-        m = metrics
-        self.upstox = UpstoxRest(
-            api_url, tokens, rest,
-            on_call=lambda api: m.rest_requests.labels(api).inc(),
-            on_failure=lambda api, reason: m.rest_failures.labels(api, reason).inc(),
-        )  # fmt: skip
-        self.backfill = Backfill(self.upstox, metrics=m)
+        self.upstox = upstox
+        self.backfill = Backfill(upstox, metrics=metrics)
         self.jobs = jobs
         self.calendar = calendar
         self._feeds = feeds
@@ -86,7 +79,7 @@ class GapWork:
         """Holidays now and daily; the backfill on a schedule."""
         self._tasks.append(asyncio.create_task(self._first_holidays(), name="holidays"))
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 3600}
-        scheduler.add_job(self._daily_holidays, "cron", hour=6, minute=5, timezone=IST_TZ, **common)
+        scheduler.add_job(self._daily_holidays, "cron", hour=6, minute=5, timezone=IST, **common)
         scheduler.add_job(self._scheduled_backfill, "interval", seconds=self.BACKFILL_EVERY_S, **common)
 
     def connected(self, connection: int, at: Any) -> None:
@@ -115,7 +108,7 @@ class GapWork:
             if holidays:
                 self._set_holidays(holidays)
             if always or not fetched_today(fetched_at):
-                holidays = await store_holidays(conn, await fetch_holidays(self.upstox))
+                holidays = await store_holidays(conn, await self.upstox.holidays())
                 self._set_holidays(holidays)
                 logger.info("market holidays: %d days from Upstox's list", len(holidays))
         finally:

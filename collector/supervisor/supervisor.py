@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 from contextlib import AsyncExitStack
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
 from collector import __version__
-from collector.core.calendar import Calendar, parse_hours
+from collector.core.calendar import SEGMENTS, Calendar, parse_hours
 from collector.core.records import MODES, Mode
 from collector.core.shards import DEFAULT_LIMITS, Shard, plan_universe, segment_of, shard_universe
 from collector.core.universe import resolve_universe
-from collector.db.connect import connect, connect_until
+from collector.db.connect import COMMAND_TIMEOUT_S, JOB_COMMAND_TIMEOUT_S, connect, connect_until
 from collector.db.instruments import display, publish_master, sync_master
 from collector.db.jobs import Jobs, apply_retention_policy
 from collector.db.migrate import migrate
@@ -49,12 +50,12 @@ from collector.exceptions import CollectorError, ConfigError, UpstoxError
 from collector.feed.process import FeedSpec
 from collector.ipc.metrics import serving_registry, use_multiprocess
 from collector.journal.files import lock_file
-from collector.metrics import SEGMENTS, SupervisorMetrics
+from collector.metrics import SupervisorMetrics
 from collector.settings import Settings
 from collector.supervisor.children import Child
 from collector.supervisor.gapwork import GapWork
 from collector.supervisor.serving import serve_metrics
-from collector.supervisor.upstox import Authorizer, TokenSource, rest_limiter, token_expiry
+from collector.supervisor.upstox import TokenSource, UpstoxRest, rest_limiter, token_expiry
 from collector.writer.process import WriterSpec
 
 __all__ = ["Supervisor", "run"]
@@ -119,7 +120,7 @@ class Supervisor:
         self.metrics_port = server.server_port
         logger.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
 
-        conn = await connect_until(self.dsn, self.stop, "startup", timeout=10, command_timeout=300)
+        conn = await connect_until(self.dsn, self.stop, "startup", command_timeout=COMMAND_TIMEOUT_S)
         if conn is None:
             logger.info("stopped before the database could be reached")
             return False
@@ -151,21 +152,20 @@ class Supervisor:
             token_file=s.upstox_token_file,
         )
         self.tokens = tokens
-        self.rest = rest_limiter()
-        self.authorizer = Authorizer(
-            s.upstox_api_url,
-            tokens,
-            self.rest,
-            on_call=self.metrics.rest_requests.labels("authorize").inc,
-            on_token=lambda token: self.metrics.token_expiry.set(token_expiry(token) or 0),
-        )
+        m = self.metrics
+        self.upstox = UpstoxRest(
+            s.upstox_api_url, tokens, rest_limiter(),
+            on_call=lambda api: m.rest_requests.labels(api).inc(),
+            on_failure=lambda api, reason: m.rest_failures.labels(api, reason).inc(),
+            on_token=lambda token: m.token_expiry.set(token_expiry(token) or 0),
+        )  # fmt: skip
 
         async def connect_db() -> asyncpg.Connection:
-            return await connect(self.dsn, timeout=10, command_timeout=600)
+            return await connect(self.dsn, command_timeout=JOB_COMMAND_TIMEOUT_S)
 
         self.jobs = Jobs(connect=connect_db, metrics=self.metrics, retention_days=s.retention_days)
         self.gapwork = GapWork(
-            api_url=s.upstox_api_url, tokens=tokens, rest=self.rest, jobs=self.jobs, metrics=self.metrics,
+            upstox=self.upstox, jobs=self.jobs, metrics=self.metrics,
             calendar=Calendar(parse_hours(s.market_hours)), feeds=lambda: list(self.feeds.values()),
             shard=self.shards.get, tasks=self._tasks,
         )  # fmt: skip
@@ -241,21 +241,8 @@ class Supervisor:
                 connection=connection,
                 keys={m: list(k) for m, k in shard.keys.items()},
                 journal_dir=str(self._journal(connection)),
-                options={
-                    "chunk_size": s.chunk_size,
-                    "ping_interval_s": s.ping_interval_s,
-                    "ping_timeout_s": s.ping_timeout_s,
-                    "stall_timeout_s": s.stall_timeout_s,
-                    "backoff_base_s": s.backoff_base_s,
-                    "backoff_cap_s": s.backoff_cap_s,
-                    "token_retry_s": s.token_retry_s,
-                    "rate_limit_retry_s": s.rate_limit_retry_s,
-                    "open_timeout_s": s.open_timeout_s,
-                    "journal_max_bytes": s.journal_max_bytes,
-                },
-                fsync=s.journal_fsync,
-                fsync_interval_s=s.journal_fsync_interval_s,
-                segment_bytes=s.journal_segment_bytes,
+                options=asdict(s.feed_options()),
+                journal=asdict(s.journal_options()),
                 calendar=self.gapwork.calendar.to_json(),
                 since=since.isoformat() if since else None,
                 log_level=s.log_level,
@@ -277,8 +264,7 @@ class Supervisor:
             writer = WriterSpec(
                 connection=connection,
                 journal_dir=str(self._journal(connection)),
-                max_batch_rows=s.max_batch_rows,
-                flush_interval_s=s.flush_interval_s,
+                options=asdict(s.writer_options()),
                 log_level=s.log_level,
                 metrics_dir=str(self.metrics_dir),
             )
@@ -304,7 +290,7 @@ class Supervisor:
         # Holidays first: the first connection of a start-up records the gap since the last run.
         await self.gapwork.send_calendar(child)
         try:
-            uri = await self.authorizer()
+            uri = await self.upstox.authorize()
         except UpstoxError as exc:
             await child.send({
                 "op": "authorize_failed", "reason": exc.reason, "message": str(exc),

@@ -3,7 +3,7 @@
 Every connection attempt needs a fresh ``GET /v3/feed/market-data-feed/authorize``:
 the ``wss`` URL it returns carries a one-time ``code``, and reusing one is a
 known cause of 403. The supervisor authorizes on behalf of every feed process
-(:class:`Authorizer`), and fetches candles and holidays (:class:`UpstoxRest`).
+and fetches candles and holidays, all through one client (:class:`UpstoxRest`).
 TLS is verified against the system trust store (``ssl.create_default_context``
 honours ``SSL_CERT_FILE``); plain ``http://`` is used only when the configured
 API URL says so.
@@ -13,10 +13,11 @@ the collector keeps every call it makes, authorize included, under one limiter
 (:func:`rest_limiter`), and a caller may add its own, stricter ones (the
 backfill does, so that it never starves authorize).
 
-Retries (:meth:`UpstoxRest.get_json`): a 429 waits for ``Retry-After`` (or the
-backoff, whichever is longer, at most ``max_retry_after_s``), a 5xx or a
-network failure waits for the backoff; both are retried ``retries`` times.
-Anything else is final: 401/403 (the token), other 4xx
+Retries (:meth:`UpstoxRest.get_json`, never authorize: a feed retries on its
+own schedule): a transient failure (:mod:`collector.exceptions`: a 429, a 5xx,
+the network) waits for the backoff, a 429 at least for its ``Retry-After``
+(at most ``max_retry_after_s``), and is retried ``retries`` times. Anything
+else is final: 401/403 (the token), other 4xx
 (:class:`~collector.exceptions.UpstoxProtocolError`: Upstox refused the
 request; its message is kept, never the token), a TLS failure. Errors are
 :class:`~collector.exceptions.UpstoxError` classes (their ``reason`` is the
@@ -41,25 +42,25 @@ from collector.core.backoff import full_jitter
 from collector.core.ratelimit import RateLimiter
 from collector.exceptions import (
     ConfigError,
-    RateLimited,
     TokenRejected,
     UpstoxError,
     UpstoxNetworkError,
     UpstoxProtocolError,
+    UpstoxReason,
     UpstoxTLSError,
     classify_http_status,
 )
+from collector.metrics import RestApi
 
 __all__ = [
     "AUTHORIZE_LIMITS",
     "AUTHORIZE_PATH",
+    "HOLIDAYS_PATH",
     "REST_LIMITS",
-    "Authorizer",
     "Get",
     "TokenSource",
     "UpstoxRest",
     "acquire",
-    "authorize",
     "get",
     "rest_limiter",
     "token_expiry",
@@ -68,6 +69,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 AUTHORIZE_PATH = "/v3/feed/market-data-feed/authorize"
+HOLIDAYS_PATH = "/v2/market/holidays"
 # Upstox allows 50/s, 500/min and 2000 per 30 min per user and API; the whole
 # collector (authorize and the candle backfill) stays below with one limiter.
 REST_LIMITS = [(40, 1.0), (450, 60.0), (1800, 1800.0)]
@@ -184,70 +186,13 @@ def get(url: str, token: str, ssl_context: ssl.SSLContext | None, timeout_s: flo
         raise UpstoxNetworkError(f"{api} failed: {exc or type(exc).__name__}") from None
 
 
-async def authorize(
-    api_url: str,
-    token: str,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    timeout_s: float = 10.0,
-    get: Get = get,
-) -> str:
-    """Return the one-time ``wss`` URL for one connection attempt."""
-    url = api_url.rstrip("/") + AUTHORIZE_PATH
-    if url.startswith("https://") and ssl_context is None:
-        ssl_context = ssl.create_default_context()
-    body = await asyncio.to_thread(get, url, token, ssl_context, timeout_s, "authorize")
-    try:
-        payload = json.loads(body)
-        uri = payload["data"]["authorized_redirect_uri"]
-    except (ValueError, KeyError, TypeError):
-        # Cloudflare block pages arrive as HTML with status 200 or 403.
-        raise UpstoxProtocolError("authorize returned no authorized_redirect_uri") from None
-    if not isinstance(uri, str) or not uri.startswith(("wss://", "ws://")):
-        raise UpstoxProtocolError("authorize returned a URL that is not ws:// or wss://")
-    return uri
-
-
-class Authorizer:
-    """Authorizes connection attempts for every feed process of the collector.
-
-    One token source and one REST limiter for the whole collector: the feed
-    processes hold no secret and ask here (through their channel) for each
-    one-time socket URL.
-    """
-
-    def __init__(
-        self,
-        api_url: str,
-        tokens: TokenSource,
-        rest: RateLimiter,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        on_call: Callable[[], None] = lambda: None,
-        on_token: Callable[[str], None] = lambda token: None,
-    ) -> None:
-        self._api_url = api_url
-        self._tokens = tokens
-        self._rest = rest
-        self._own = RateLimiter(AUTHORIZE_LIMITS, clock=rest.clock)
-        self._ssl = ssl_context
-        self._on_call = on_call
-        self._on_token = on_token
-
-    async def __call__(self) -> str:
-        """A one-time ``wss`` URL; raises UpstoxError (TokenRejected when no token can be read)."""
-        try:
-            token = self._tokens.read()
-        except ConfigError as exc:
-            raise TokenRejected(str(exc)) from None
-        self._on_token(token)
-        await acquire(self._own, self._rest)
-        self._on_call()
-        return await authorize(self._api_url, token, ssl_context=self._ssl)
-
-
 class UpstoxRest:
-    """Upstox's REST API, as the supervisor calls it (candles, holidays)."""
+    """Upstox's REST API for the whole collector: authorize, candles, holidays.
+
+    One token source and one REST limiter for every call the collector makes:
+    the feed processes hold no secret and ask the supervisor (through their
+    channel) for each one-time socket URL, which :meth:`authorize` gets.
+    """
 
     def __init__(
         self,
@@ -260,14 +205,16 @@ class UpstoxRest:
         retries: int = 3,
         backoff: Callable[[], Iterator[float]] = lambda: full_jitter(base_s=0.5, cap_s=8.0),
         max_retry_after_s: float = 60.0,
-        on_call: Callable[[str], None] = lambda api: None,
-        on_failure: Callable[[str, str], None] = lambda api, reason: None,
+        on_call: Callable[[RestApi], None] = lambda api: None,
+        on_failure: Callable[[RestApi, UpstoxReason], None] = lambda api, reason: None,
+        on_token: Callable[[str], None] = lambda token: None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         get: Get = get,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self._tokens = tokens
         self.rest = rest
+        self._authorize_limiter = RateLimiter(AUTHORIZE_LIMITS, clock=rest.clock)
         if self.api_url.startswith("https://") and ssl_context is None:
             ssl_context = ssl.create_default_context()
         self._ssl = ssl_context
@@ -277,13 +224,40 @@ class UpstoxRest:
         self._max_retry_after_s = max_retry_after_s
         self._on_call = on_call
         self._on_failure = on_failure
+        self._on_token = on_token
         self._sleep = sleep
         self._get = get
+
+    async def authorize(self) -> str:
+        """The one-time ``wss`` URL for one connection attempt; raises UpstoxError, never retries.
+
+        A feed connection retries on its own schedule (and counts its failures);
+        authorize calls get a limiter of their own on top of the shared one.
+        """
+        token = self._token()
+        self._on_token(token)
+        await acquire(self._authorize_limiter, self.rest)
+        self._on_call("authorize")
+        body = await asyncio.to_thread(
+            self._get, self.api_url + AUTHORIZE_PATH, token, self._ssl, self._timeout_s, "authorize"
+        )
+        try:
+            uri = json.loads(body)["data"]["authorized_redirect_uri"]
+        except (ValueError, KeyError, TypeError):
+            # Cloudflare block pages arrive as HTML with status 200 or 403.
+            raise UpstoxProtocolError("authorize returned no authorized_redirect_uri") from None
+        if not isinstance(uri, str) or not uri.startswith(("wss://", "ws://")):
+            raise UpstoxProtocolError("authorize returned a URL that is not ws:// or wss://")
+        return uri
+
+    async def holidays(self) -> Any:
+        """The body of ``GET /v2/market/holidays`` (this year's list), after retries; raises UpstoxError."""
+        return await self.get_json(HOLIDAYS_PATH, "holidays")
 
     async def get_json(
         self,
         path: str,
-        api: str,
+        api: RestApi,
         *,
         limiters: Sequence[RateLimiter] = (),
         allow: Callable[[], bool] = lambda: True,
@@ -299,24 +273,18 @@ class UpstoxRest:
         while True:
             try:
                 return await self._once(path, api, limiters)
-            except (RateLimited, UpstoxNetworkError) as exc:
+            except UpstoxError as exc:
                 self._on_failure(api, exc.reason)
-                if attempt >= self.retries or not allow():
+                if not exc.transient or attempt >= self.retries or not allow():
                     raise
                 delay = next(delays)
-                if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+                if exc.retry_after_s is not None:  # a 429's Retry-After
                     delay = max(delay, exc.retry_after_s)
                 await self._sleep(min(delay, self._max_retry_after_s))
                 attempt += 1
-            except UpstoxError as exc:
-                self._on_failure(api, exc.reason)
-                raise
 
-    async def _once(self, path: str, api: str, limiters: Sequence[RateLimiter]) -> Any:
-        try:
-            token = self._tokens.read()
-        except ConfigError as exc:
-            raise TokenRejected(str(exc)) from None
+    async def _once(self, path: str, api: RestApi, limiters: Sequence[RateLimiter]) -> Any:
+        token = self._token()
         await acquire(*limiters, self.rest)
         self._on_call(api)
         body = await asyncio.to_thread(self._get, self.api_url + path, token, self._ssl, self._timeout_s, api)
@@ -326,3 +294,9 @@ class UpstoxRest:
             # Cloudflare block pages arrive as HTML with status 200: retried like a 5xx,
             # so that UpstoxProtocolError always means "Upstox refused this request".
             raise UpstoxNetworkError(f"{api} answered something that is not JSON") from None
+
+    def _token(self) -> str:
+        try:
+            return self._tokens.read()
+        except ConfigError as exc:  # no token to send: the same as one refused
+            raise TokenRejected(str(exc)) from None

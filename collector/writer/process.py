@@ -21,10 +21,12 @@ from typing import Any
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from collector.db.connect import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
 from collector.ipc.channel import Channel
 from collector.ipc.child import run_child
 from collector.journal.files import lock_file
 from collector.metrics import WriterMetrics
+from collector.options import WriterOptions
 from collector.writer.writer import Writer
 
 __all__ = ["WriterSpec", "main"]
@@ -39,8 +41,7 @@ class WriterSpec:
 
     connection: int
     journal_dir: str
-    max_batch_rows: int = 5_000
-    flush_interval_s: float = 0.1
+    options: dict[str, Any]  # WriterOptions fields
     log_level: str = "INFO"
     metrics_dir: str | None = None
 
@@ -60,7 +61,7 @@ async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> in
     async def connect() -> asyncpg.Connection:
         # Named, so an operator (and the fault tests) can tell the writers' sessions apart.
         return await asyncpg.connect(
-            dsn, timeout=10, command_timeout=300,
+            dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S,
             server_settings={"application_name": f"collector writer {spec.connection}"},
         )  # fmt: skip
 
@@ -69,8 +70,7 @@ async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> in
         connection=spec.connection,
         connect=connect,
         metrics=metrics,
-        max_batch_rows=spec.max_batch_rows,
-        flush_interval_s=spec.flush_interval_s,
+        options=WriterOptions(**spec.options),
     )
     drain = asyncio.Event()
 

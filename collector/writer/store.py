@@ -24,16 +24,13 @@ import asyncpg
 
 from collector.core.batch import Batch
 from collector.core.records import TICK_COLUMNS
+from collector.db.connect import DATA_ERRORS
 from collector.exceptions import PositionConflict
-from collector.metrics import WriterMetrics
+from collector.metrics import Table, WriterMetrics
 
-__all__ = ["PERMANENT", "BatchStore"]
+__all__ = ["BatchStore"]
 
 logger = logging.getLogger(__name__)
-
-# Errors that say "this data is bad", not "the database is away": class 22
-# (data exception) and 23 (integrity constraint violation).
-PERMANENT = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 _ADVANCE_SQL = """
 UPDATE journal_positions
@@ -113,14 +110,14 @@ class BatchStore:
         started = time.monotonic()
         try:
             await self._transaction(conn, batch, salvage=False)
-        except PERMANENT as exc:
+        except DATA_ERRORS as exc:
             logger.warning("batch %d..%d rejected (%s); isolating the bad rows", batch.start, batch.end, exc)
             self._metrics.write_failures.labels("permanent").inc()
             await self._transaction(conn, batch, salvage=True)
         self._metrics.copy_seconds.observe(time.monotonic() - started)
 
     async def _transaction(self, conn: asyncpg.Connection, batch: Batch, *, salvage: bool) -> None:
-        written: dict[str, int] = {}
+        written: dict[Table, int] = {}
         dead_total = 0
         first_time = min((t.time for t in batch.ticks), default=None)
         async with conn.transaction():
@@ -129,7 +126,7 @@ class BatchStore:
             )
             if not moved:
                 raise PositionConflict(f"journal {batch.journal} is no longer at {batch.start}")
-            steps: list[tuple[str, Sequence[Any], Callable[[Sequence[Any]], Awaitable[None]]]] = [
+            steps: list[tuple[Table, Sequence[Any], Callable[[Sequence[Any]], Awaitable[None]]]] = [
                 ("ticks", batch.ticks, lambda rows: self._copy_ticks(conn, rows)),
                 ("exchange_bars", batch.bars, lambda rows: self._upsert_bars(conn, rows)),
                 ("market_status", batch.statuses, lambda rows: self._columns(conn, _STATUS_SQL, rows)),
@@ -184,7 +181,7 @@ class BatchStore:
             async with conn.transaction():  # a savepoint
                 await write(rows)
             return []
-        except PERMANENT as exc:
+        except DATA_ERRORS as exc:
             if len(rows) == 1:
                 return [(rows[0], f"{type(exc).__name__}: {exc}")]
             mid = len(rows) // 2

@@ -36,26 +36,25 @@ from collector.core.batch import Batch, Batcher
 from collector.core.decode import decode_frame
 from collector.core.market import MarketState
 from collector.core.records import FeedSession, Gap, StatusChange
-from collector.core.sequencer import IST, TickSequencer
+from collector.core.sequencer import TickSequencer
+from collector.core.times import EPOCH, ist_day, ist_time
+from collector.db.connect import CONNECT_TIMEOUT_S, TRANSIENT_ERRORS
 from collector.exceptions import DecodeError, PositionConflict
 from collector.journal.files import journal_id
 from collector.journal.format import EVENT, FRAME, Record
 from collector.journal.reader import JournalReader
 from collector.metrics import WriterMetrics
+from collector.options import WriterOptions
 from collector.writer.store import BatchStore
 
-__all__ = ["TRANSIENT", "Writer", "event_record"]
+__all__ = ["Writer", "event_record"]
 
 logger = logging.getLogger(__name__)
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
-# What "the database is away (for now)" looks like from here. InternalClientError is
-# asyncpg's word for a protocol state broken by a connection that died mid-operation.
-TRANSIENT = (
-    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError,
-    PositionConflict,
-)  # fmt: skip
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Start over from the committed position: the database is away (for now), or a
+# commit whose outcome was unknown did happen.
+RELOAD = (*TRANSIENT_ERRORS, PositionConflict)
 
 
 def _time(value: str) -> datetime:
@@ -87,11 +86,7 @@ class Writer:
         connection: int,
         connect: Connect,
         metrics: WriterMetrics,
-        max_batch_rows: int = 5_000,
-        grow_factor: int = 10,
-        flush_interval_s: float = 0.1,
-        poll_interval_s: float = 0.01,
-        read_bytes: int = 512 * 1024,
+        options: WriterOptions,
         backoff: Callable[[], Iterator[float]] = lambda: full_jitter(base_s=0.5, cap_s=10.0),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -101,11 +96,7 @@ class Writer:
         self._connect = connect
         self._metrics = metrics
         self._store = BatchStore(metrics)
-        self.max_batch_rows = max_batch_rows
-        self.grow_factor = grow_factor
-        self.flush_interval_s = flush_interval_s
-        self.poll_interval_s = poll_interval_s
-        self.read_bytes = read_bytes
+        self.options = options
         self._backoff = backoff
         self._clock = clock
         self.journal = journal_id(directory)
@@ -130,7 +121,7 @@ class Writer:
                 try:
                     await self._session(drain)
                     return
-                except TRANSIENT as exc:
+                except RELOAD as exc:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise asyncio.CancelledError from exc  # asyncpg may report a cancel as its own error
@@ -152,7 +143,8 @@ class Writer:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncio.wait_for(self._connect(), 15.0)
+            # Bounded even when a test's or a caller's connect() is not.
+            self._conn = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT_S + 5)
         return self._conn
 
     async def _drop_connection(self) -> None:
@@ -184,7 +176,8 @@ class Writer:
             saved = json.loads(state)
             sequencer.load(saved["ticks"])
             market.status = dict(saved.get("market", {}))
-        batcher = Batcher(max_batch_rows=self.max_batch_rows, flush_interval_s=self.flush_interval_s)
+        opt = self.options
+        batcher = Batcher(max_batch_rows=opt.max_batch_rows, flush_interval_s=opt.flush_interval_s)
         start = end = self.committed
         first_ns = 0
         inflight: asyncio.Task[None] | None = None
@@ -192,7 +185,7 @@ class Writer:
         lag_published = 0.0
         try:
             while True:
-                records = self._reader.read(self.read_bytes)
+                records = self._reader.read(opt.read_bytes)
                 self._report_skipped()
                 if records:
                     if not first_ns:
@@ -215,7 +208,7 @@ class Writer:
                     inflight = asyncio.create_task(self._store.write(conn, batch))
                     start, first_ns = end, 0
                 if records:
-                    if inflight is not None and batcher.tick_rows >= self.max_batch_rows * self.grow_factor:
+                    if inflight is not None and batcher.tick_rows >= opt.max_batch_rows * opt.grow_factor:
                         await asyncio.wait({inflight})  # full: let the journal hold the rest
                     else:
                         await asyncio.sleep(0)  # let the write in flight move
@@ -241,7 +234,7 @@ class Writer:
                 waits: set[asyncio.Future[Any]] = set()
                 if inflight is not None:
                     waits.add(inflight)
-                timeout = self.poll_interval_s
+                timeout = opt.poll_interval_s
                 if drain.is_set() and inflight is None and end > start:
                     timeout = 0  # draining: no reason to linger
                 await asyncio.wait(waits, timeout=timeout) if waits else await asyncio.sleep(timeout)
@@ -256,11 +249,11 @@ class Writer:
                     inflight.exception()  # retrieved: the connection was aborted on purpose
 
     def _due(self, batcher: Batcher, now: float, first_ns: int) -> bool:
-        if batcher.tick_rows >= self.max_batch_rows:
+        if batcher.tick_rows >= self.options.max_batch_rows:
             return True
         if len(batcher) == 0:
             return True  # only positions (events nobody stores, skipped corruption) to commit
-        return batcher.age(now) >= self.flush_interval_s
+        return batcher.age(now) >= self.options.flush_interval_s
 
     def _committed(self, batch: Batch) -> None:
         self.committed = batch.end
@@ -297,7 +290,7 @@ class Writer:
     async def _seed(self, conn: asyncpg.Connection, sequencer: TickSequencer) -> None:
         """A journal seen for the first time continues from today's latest stored ticks."""
         now = datetime.now(UTC)
-        day_start = datetime.combine((now + IST).date(), datetime.min.time(), UTC) - IST
+        day_start = ist_time(ist_day(now))
         rows = await conn.fetch(
             "SELECT DISTINCT ON (instrument_key) instrument_key, time, ltp, vtt FROM ticks "
             "WHERE time >= $1 ORDER BY instrument_key, time DESC, received_at DESC",
@@ -323,7 +316,7 @@ class Writer:
         m = self._metrics
         for rec in records:
             if rec.kind == FRAME:
-                received_at = _EPOCH + timedelta(microseconds=rec.time_ns // 1000)
+                received_at = EPOCH + timedelta(microseconds=rec.time_ns // 1000)
                 try:
                     frame = decode_frame(rec.payload, received_at)
                 except DecodeError as exc:
