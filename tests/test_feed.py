@@ -18,17 +18,17 @@ from collector.core.calendar import Calendar, parse_hours
 from collector.core.decode import decode_frame
 from collector.core.market import MarketState
 from collector.core.ratelimit import RateLimiter
-from collector.core.records import Event, FeedSession, Frame, Gap, Mode
+from collector.core.records import FeedSession, Frame, Gap, Mode
 from collector.core.shards import Limits, Shard, plan_universe, shard_universe
 from collector.exceptions import DecodeError
 from collector.feed.connection import FeedConnection
 from collector.journal.appender import JournalAppender
+from collector.journal.events import decode_event
 from collector.journal.format import EVENT, FRAME, TEXT
 from collector.journal.reader import JournalReader
 from collector.metrics import FeedMetrics
 from collector.simulator.server import Simulator
 from collector.supervisor.upstox import TokenSource, UpstoxRest
-from collector.writer.writer import event_record
 from tests.helpers import sample, until
 from tests.support.options import feed_options, journal_options
 
@@ -42,6 +42,10 @@ FAST = feed_options(
     token_retry_s=0.05,
     rate_limit_retry_s=0.05,
 )
+
+
+# What a journal record decodes to: a frame, or a connection event.
+Event = Frame | FeedSession | Gap
 
 
 class Client:
@@ -89,7 +93,7 @@ class Client:
                         self.events.append(Frame("live_feed", datetime.now(UTC)))  # counted below
                         self.events[-1].kind = "garbage"  # type: ignore[assignment]
                 elif r.kind == EVENT:
-                    self.events.append(event_record(r.payload))
+                    self.events.append(decode_event(r.payload))
                 elif r.kind == TEXT:
                     self.texts.append(r.payload.decode())
         return self.events
@@ -356,14 +360,14 @@ async def test_universe_larger_than_one_connection_is_spread_within_limits(tmp_p
         universe: dict[Mode, list[str]] = {"full": fo[:45], "ltpc": eq[:30]}
         shards, rejected = shard_universe(universe, 2, SMALL)
         assert len(shards) == 2 and not rejected
-        clients = [Client(sim, s, tmp_path, limits=SMALL) for s in shards]
+        clients = [Client(sim, s, tmp_path) for s in shards]
         async with running(clients[0]), running(clients[1]):
             await until(lambda: len(sim.clients) == 2 and sum(len(s) for s in subscribed(sim)) == 75)
             await until(lambda: all(c.ticks() > 10 for c in clients))
             assert all(c.metric("collector_text_messages_total") == 0 for c in clients)
         # Control: the same universe forced onto one connection is refused by the server.
         over = Shard(0, dict(universe))
-        async with running(Client(sim, over, tmp_path / "over", limits=SMALL)) as c:
+        async with running(Client(sim, over, tmp_path / "over")) as c:
             await until(lambda: c.metric("collector_text_messages_total") >= 1, what="limit error")
             await until(lambda: len(subscribed(sim)) == 1)
             assert len(subscribed(sim)[0]) < 75
@@ -376,7 +380,7 @@ async def test_a_new_universe_is_planned_within_limits_and_applied_to_running_co
         fo = [k for k in sim.market.instruments if k.startswith("NSE_FO")]
         eq = [k for k in sim.market.instruments if k.startswith("NSE_EQ")]
         shards, _ = shard_universe({"full": fo[:40]}, 2, SMALL)
-        clients = [Client(sim, s, tmp_path, limits=SMALL) for s in shards]
+        clients = [Client(sim, s, tmp_path) for s in shards]
         async with running(clients[0]), running(clients[1]):
             await until(lambda: sum(len(s) for s in subscribed(sim)) == 40)
             # The day rolls: 10 contracts expire, 10 new ones list, 5 move to ltpc, equities join.

@@ -1,10 +1,13 @@
 """Accumulate records into batches, sealed by size or age. No I/O.
 
-The writer adds every decoded frame here and seals a batch when it holds
-``max_batch_rows`` ticks or its first record is ``flush_interval_s`` old,
-whichever comes first. While a COPY is in flight the writer lets the open
-batch keep growing (to ten times the size bound), so a slow or busy database
-gets larger, fewer batches.
+The writer adds every decoded frame here, and asks two questions with the
+time in hand. :meth:`Batcher.due`: when no write is in flight, is the open
+batch to be sealed and written now? Yes once it holds ``max_batch_rows``
+ticks or its first record is ``flush_interval_s`` old, whichever comes
+first. :meth:`Batcher.full`: while a write is in flight the open batch keeps
+growing, so a slow or busy database gets larger, fewer batches; has it grown
+to ``grow_factor`` times the size bound, so that reading must wait for the
+write (the journal holds the rest meanwhile)?
 
 Exchange bars repeat in nearly every full-mode frame (the previous and the
 current I1/I30 bar); within a batch only the latest version of each
@@ -41,21 +44,20 @@ class Batch:
     state: bytes = b""
     first_received_ns: int = 0  # receive time of the first record in it
 
-    @property
-    def rows(self) -> int:
-        return len(self.ticks) + len(self.bars) + len(self.statuses) + len(self.sessions) + len(self.gaps)
-
 
 class Batcher:
     """Collects ticks, bars and status changes; the caller supplies the time."""
 
-    def __init__(self, *, max_batch_rows: int, flush_interval_s: float) -> None:
+    def __init__(self, *, max_batch_rows: int, flush_interval_s: float, grow_factor: int) -> None:
         if max_batch_rows < 1:
             raise ValueError("max_batch_rows must be at least 1")
         if flush_interval_s <= 0:
             raise ValueError("flush_interval_s must be positive")
+        if grow_factor < 1:
+            raise ValueError("grow_factor must be at least 1")
         self.max_batch_rows = max_batch_rows
         self.flush_interval_s = flush_interval_s
+        self.grow_factor = grow_factor
         self._ticks: list[Tick] = []
         self._bars: dict[tuple[str, str, object], Bar] = {}
         self._statuses: list[StatusChange] = []
@@ -93,29 +95,25 @@ class Batcher:
         self._gaps.extend(gaps)
         self._rejects.extend(rejects)
 
-    @property
-    def tick_rows(self) -> int:
-        """Ticks in the open batch."""
-        return len(self._ticks)
-
-    def full(self) -> bool:
-        """Whether the open batch reached its size bound."""
-        return len(self._ticks) >= self.max_batch_rows
-
-    def deadline(self) -> float | None:
-        """Monotonic time at which the open batch is due, or None when empty."""
-        if self._opened_at is None:
-            return None
-        return self._opened_at + self.flush_interval_s
-
     def age(self, now: float) -> float:
         """Seconds since the open batch got its first record (0 when empty)."""
         return 0.0 if self._opened_at is None else now - self._opened_at
 
     def due(self, now: float) -> bool:
-        """Whether the open batch should be sealed now."""
-        deadline = self.deadline()
-        return deadline is not None and (self.full() or now >= deadline)
+        """Whether to seal the open batch at monotonic time ``now``, no write being in flight.
+
+        It is when it holds ``max_batch_rows`` ticks or its first record is
+        ``flush_interval_s`` old; an empty one is due at once, for the caller
+        has only journal positions to commit (events nobody stores, skipped
+        corruption) when it asks.
+        """
+        if len(self._ticks) >= self.max_batch_rows or len(self) == 0:
+            return True
+        return self.age(now) >= self.flush_interval_s
+
+    def full(self) -> bool:
+        """Whether the open batch, growing while a write is in flight, is to wait for that write."""
+        return len(self._ticks) >= self.max_batch_rows * self.grow_factor
 
     def seal(self) -> Batch | None:
         """Close the open batch and return it (None when empty)."""

@@ -121,7 +121,3 @@ class Gap(NamedTuple):
     segments: list[str]
     reason: str
     instruments: list[str] = []  # noqa: RUF012 - NamedTuple defaults are never mutated
-
-
-# What the writer takes from one journal record.
-Event = Frame | FeedSession | Gap

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -36,9 +34,9 @@ from collector.core.backoff import full_jitter
 from collector.core.calendar import Calendar
 from collector.core.decode import decode_frame
 from collector.core.market import MarketState
-from collector.core.records import FRAME_KINDS, MODES, Mode
+from collector.core.records import FRAME_KINDS, MODES, FeedSession, Gap, Mode
 from collector.core.requests import Method, chunked, encode_request, plan_changes
-from collector.core.shards import DEFAULT_LIMITS, Limits, Shard, segment_of
+from collector.core.shards import Shard, segment_of
 from collector.exceptions import (
     DecodeError,
     JournalWriteError,
@@ -51,6 +49,7 @@ from collector.exceptions import (
     classify_http_status,
 )
 from collector.journal.appender import JournalAppender
+from collector.journal.events import encode_event
 from collector.journal.format import EVENT, FRAME, TEXT
 from collector.metrics import FeedMetrics
 from collector.options import FeedOptions
@@ -84,7 +83,6 @@ class FeedConnection:
         market: MarketState,
         metrics: FeedMetrics,
         options: FeedOptions,
-        limits: Limits = DEFAULT_LIMITS,
         ssl_context: ssl.SSLContext | None = None,
         backoff: Callable[[], Iterator[float]] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -100,7 +98,6 @@ class FeedConnection:
         self.market = market
         self._metrics = metrics
         self._opt = options
-        self._limits = limits
         self._ssl = ssl_context
         self._backoff = backoff or (
             lambda: full_jitter(base_s=self._opt.backoff_base_s, cap_s=self._opt.backoff_cap_s)
@@ -117,7 +114,6 @@ class FeedConnection:
         self._unwritten: list[bytes] = []  # events the disk refused, written when it takes them
         self._last_frame = time.monotonic()
         self.connected = asyncio.Event()
-        self.sessions = 0  # completed subscriptions, for tests and logs
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -287,8 +283,8 @@ class FeedConnection:
 
     # -- sessions, gaps and the journal bound -----------------------------------------
 
-    def _event(self, event: dict[str, Any]) -> None:
-        self._unwritten.append(json.dumps(event, separators=(",", ":")).encode())
+    def _event(self, event: FeedSession | Gap) -> None:
+        self._unwritten.append(encode_event(event))
         self._flush_events()
 
     def _flush_events(self) -> None:
@@ -301,7 +297,6 @@ class FeedConnection:
 
     def _mark_up(self, connected_at: datetime) -> None:
         self._last_frame = time.monotonic()
-        self.sessions += 1
         self._metrics.connected.labels(self._label).set(1)
         for mode in MODES:
             self._metrics.sub_active.labels(self._label, mode).set(len(self.shard.keys.get(mode, [])))
@@ -330,12 +325,10 @@ class FeedConnection:
         else:
             spans = []
         for s, e, open_segments in spans:
-            self._event({
-                "type": "gap", "connection": self.id, "started_at": s.isoformat(), "ended_at": e.isoformat(),
-                "segments": open_segments, "reason": self._down_reason,
-                "instruments": sorted(k for keys in self.shard.keys.values() for k in keys
-                                      if segment_of(k) in open_segments),
-            })  # fmt: skip
+            instruments = sorted(
+                k for keys in self.shard.keys.values() for k in keys if segment_of(k) in open_segments
+            )
+            self._event(Gap(self.id, s, e, open_segments, self._down_reason, instruments))
 
     def _mark_down(self, connected_at: datetime, reason: str) -> None:
         self.connected.clear()
@@ -344,10 +337,7 @@ class FeedConnection:
             self._metrics.sub_active.labels(self._label, mode).set(0)
         self._down_since = self._now()
         self._down_reason = "journal" if reason.startswith("journal") else "reconnect"
-        self._event({
-            "type": "session", "connection": self.id, "connected_at": connected_at.isoformat(),
-            "disconnected_at": self._down_since.isoformat(), "reason": reason[:200],
-        })  # fmt: skip
+        self._event(FeedSession(self.id, connected_at, self._down_since, reason[:200]))
 
     async def _wait_for_journal(self) -> None:
         """Before connecting: wait until the journal has room and the disk takes writes."""

@@ -3,58 +3,44 @@
 Started by the supervisor as ``python -m collector.feed.process``. It holds
 no secret: the supervisor authorizes on its behalf (one REST rate limiter and
 one token for the whole collector) and hands back the one-time socket URL.
-Messages from the supervisor: ``keys`` (a new shard), ``authorized`` /
-``authorize_failed`` (answers), ``stop``.
+It asks with :class:`~collector.ipc.messages.Authorize` and reports each
+subscription (:class:`~collector.ipc.messages.Connected`); the supervisor
+answers (``Authorized``, ``AuthorizeFailed``), moves it to new keys
+(``Keys``), gives it the market calendar (``NewCalendar``) and stops it
+(``Stop``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from collector.core.calendar import Calendar
 from collector.core.market import MarketState
 from collector.core.shards import Shard
-from collector.exceptions import UPSTOX_REASONS, UpstoxError, UpstoxNetworkError
 from collector.feed.connection import FeedConnection
 from collector.ipc.channel import Channel
 from collector.ipc.child import run_child
+from collector.ipc.messages import (
+    Authorize,
+    Authorized,
+    AuthorizeFailed,
+    Connected,
+    FeedSpec,
+    Keys,
+    NewCalendar,
+    Stop,
+)
 from collector.journal.appender import JournalAppender
 from collector.journal.reader import last_record_time
 from collector.metrics import FeedMetrics
-from collector.options import FeedOptions, JournalOptions
 
-__all__ = ["FeedSpec", "main"]
+__all__ = ["main"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FeedSpec:
-    """What the supervisor tells a feed process."""
-
-    connection: int
-    keys: dict[str, list[str]]
-    journal_dir: str
-    options: dict[str, Any]  # FeedOptions fields
-    journal: dict[str, Any]  # JournalOptions fields
-    calendar: dict[str, Any] | None = None
-    since: str | None = None  # last activity the database knows of, if the journal has none
-    log_level: str = "INFO"
-    metrics_dir: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_ERRORS = {cls.reason: cls for cls in UpstoxError.__subclasses__()}
-assert set(_ERRORS) == set(UPSTOX_REASONS)
 
 
 class _Authorizer:
@@ -62,57 +48,52 @@ class _Authorizer:
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
-        self._waiting: asyncio.Future[dict[str, Any]] | None = None
+        self._waiting: asyncio.Future[Authorized | AuthorizeFailed] | None = None
 
     async def __call__(self) -> str:
         self._waiting = asyncio.get_running_loop().create_future()
-        await self._channel.send({"op": "authorize"})
-        answer = await self._waiting
-        if answer["op"] == "authorized":
-            return str(answer["uri"])
-        error = _ERRORS.get(answer.get("reason", "network"), UpstoxNetworkError)
-        raise error(answer.get("message", "authorize failed"), retry_after_s=answer.get("retry_after_s"))
+        await self._channel.send(Authorize())
+        match await self._waiting:
+            case Authorized(uri=uri):
+                return uri
+            case AuthorizeFailed() as failed:
+                raise failed.error()
 
-    def answer(self, message: dict[str, Any]) -> None:
+    def answer(self, message: Authorized | AuthorizeFailed) -> None:
         if self._waiting is not None and not self._waiting.done():
             self._waiting.set_result(message)
 
 
-async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> int:
-    spec = FeedSpec(**raw["feed"])
+async def main(spec: FeedSpec, channel: Channel, stop: asyncio.Event) -> int:
     metrics = FeedMetrics(CollectorRegistry(), connection=spec.connection)
-    calendar = Calendar.from_json(spec.calendar) if spec.calendar is not None else None
     authorizer = _Authorizer(channel)
-    with JournalAppender(Path(spec.journal_dir), JournalOptions(**spec.journal)) as journal:
+    with JournalAppender(Path(spec.journal_dir), spec.journal) as journal:
         last = last_record_time(Path(spec.journal_dir))
         notices: list[asyncio.Task[None]] = []
-        since = last or (datetime.fromisoformat(spec.since) if spec.since else None)
         feed = FeedConnection(
-            Shard(spec.connection, {k: v for k, v in spec.keys.items() if v}),  # type: ignore[misc]
+            Shard(spec.connection, {k: v for k, v in spec.keys.items() if v}),
             authorize=authorizer,
             journal=journal,
             market=MarketState(),
             metrics=metrics,
-            options=FeedOptions(**spec.options),
-            calendar=calendar,
-            down_since=since,
+            options=spec.options,
+            calendar=spec.calendar,
+            down_since=last or spec.since,
             # The supervisor runs the backfill after a reconnect (the gap rows follow shortly).
-            on_connected=lambda at: notices.append(
-                asyncio.create_task(channel.send({"op": "connected", "at": at.isoformat()}))
-            ),
+            on_connected=lambda at: notices.append(asyncio.create_task(channel.send(Connected(at)))),
         )
 
         async def control() -> None:
             while (message := await channel.receive()) is not None:
-                op = message["op"]
-                if op == "stop":
-                    return
-                if op in ("authorized", "authorize_failed"):
-                    authorizer.answer(message)
-                elif op == "keys":
-                    await feed.set_keys(message["keys"])
-                elif op == "calendar":
-                    feed.calendar = Calendar.from_json(message["calendar"])
+                match message:
+                    case Stop():
+                        return
+                    case Authorized() | AuthorizeFailed():
+                        authorizer.answer(message)
+                    case Keys(keys=keys):
+                        await feed.set_keys(keys)
+                    case NewCalendar(calendar=calendar):
+                        feed.calendar = calendar
 
         tasks = [
             asyncio.create_task(feed.run(), name="feed"),
@@ -135,4 +116,4 @@ async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> in
 if __name__ == "__main__":
     import sys
 
-    run_child(f"feed {sys.argv[-1]}", main)
+    run_child(f"feed {sys.argv[-1]}", FeedSpec, main)

@@ -2,9 +2,10 @@
 
 The first line a child reads is its spec (what it is to do, secrets included:
 they never travel in the environment, the command line or the process
-title). After that, either side sends small messages (``{"op": ...}``). A
-child treats the end of its stdin as "the supervisor is gone": it stops.
-Children log to stderr; stdout carries only this channel.
+title). After that, either side sends small messages; every message is a
+class of :mod:`collector.ipc.messages`. A child treats the end of its stdin as
+"the supervisor is gone": it stops. Children log to stderr; stdout carries
+only this channel.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
+
+from collector.ipc.messages import Message, parse
 
 __all__ = ["Channel", "stdio_channel"]
 
@@ -26,7 +28,7 @@ class Channel:
         self._reader = reader
         self._writer = writer
 
-    async def receive(self) -> dict[str, Any] | None:
+    async def receive(self) -> Message | None:
         """The next message, or None when the other side closed the pipe."""
         try:
             line = await self._reader.readline()
@@ -34,16 +36,16 @@ class Channel:
             return None
         if not line:
             return None
-        message = json.loads(line)
-        if not isinstance(message, dict):
+        data = json.loads(line)
+        if not isinstance(data, dict):
             raise ValueError("a channel message must be a JSON object")
-        return message
+        return parse(data)
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         """Send one message; a closed pipe is ignored (the other side is gone)."""
         if self._writer.is_closing():
             return
-        self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self._writer.write(json.dumps(message.to_json(), separators=(",", ":")).encode() + b"\n")
         try:
             await self._writer.drain()
         except ConnectionError:

@@ -18,17 +18,18 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from collector.exceptions import CollectorError, ConfigError
 from collector.ipc.channel import Channel, stdio_channel
+from collector.ipc.messages import FeedSpec, WriterSpec
+from collector.ipc.metrics import use_multiprocess
 
-__all__ = ["ChildMain", "run_child"]
+__all__ = ["run_child"]
 
 logger = logging.getLogger(__name__)
 
-# main(spec, channel, stop) -> exit status
-ChildMain = Callable[[dict[str, Any], Channel, asyncio.Event], Awaitable[int]]
+S = TypeVar("S", FeedSpec, WriterSpec)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -42,8 +43,13 @@ def _die_with_parent() -> None:
         os._exit(1)  # the supervisor died before we could ask
 
 
-def run_child(name: str, main: ChildMain) -> None:
-    """Run ``main`` as a child process named ``name`` (for logs)."""
+def run_child(
+    name: str, spec_type: type[S], main: Callable[[S, Channel, asyncio.Event], Awaitable[int]]
+) -> None:
+    """Run ``main(spec, channel, stop)`` as a child process named ``name`` (for logs); exit with its status.
+
+    The first line of stdin must be a ``spec_type``.
+    """
     _die_with_parent()
     # A writer holds a batch of tens of thousands of ticks (tuples of lists and
     # datetimes) that never form reference cycles; Python's default collector
@@ -53,23 +59,23 @@ def run_child(name: str, main: ChildMain) -> None:
     gc.freeze()  # what start-up made lives as long as the process
     gc.set_threshold(100_000, 50, 100)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(asyncio.run(_run(name, main)))
+    sys.exit(asyncio.run(_run(name, spec_type, main)))
 
 
-async def _run(name: str, main: ChildMain) -> int:
+async def _run(
+    name: str, spec_type: type[S], main: Callable[[S, Channel, asyncio.Event], Awaitable[int]]
+) -> int:
     channel = await stdio_channel()
     spec = await channel.receive()
-    if spec is None:
-        return 1
+    if not isinstance(spec, spec_type):
+        return 1  # the supervisor went away before saying what to do
     logging.basicConfig(
-        level=spec.get("log_level", "INFO"),
+        level=spec.log_level,
         format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if spec.get("metrics_dir"):
-        from collector.ipc.metrics import use_multiprocess
-
-        use_multiprocess(Path(spec["metrics_dir"]))
+    if spec.metrics_dir:
+        use_multiprocess(Path(spec.metrics_dir))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:

@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from collector.core.backoff import full_jitter
 from collector.ipc.channel import Channel
+from collector.ipc.messages import Drain, Message, Spec, Stop
 from collector.ipc.metrics import mark_dead
 from collector.metrics import Process, SupervisorMetrics
 
@@ -32,7 +31,7 @@ __all__ = ["Child"]
 
 logger = logging.getLogger(__name__)
 
-OnMessage = Callable[["Child", dict[str, Any]], Awaitable[None]]
+OnMessage = Callable[["Child", Message], Awaitable[None]]
 
 
 class Child:
@@ -44,7 +43,7 @@ class Child:
         connection: int,
         *,
         module: str,
-        spec: Callable[[], dict[str, Any]],
+        spec: Callable[[], Spec],
         env: dict[str, str],
         metrics: SupervisorMetrics,
         metrics_dir: Path | None,
@@ -133,15 +132,15 @@ class Child:
                 try:
                     await self._on_message(self, message)
                 except Exception:
-                    logger.exception("%s: handling %s failed", self.name, message.get("op"))
+                    logger.exception("%s: handling %s failed", self.name, message.op)
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         """Send a message if the process runs (else it gets the news in its next spec)."""
         if self.channel is not None:
             await self.channel.send(message)
 
-    async def stop(self, timeout_s: float, *, op: str = "stop") -> bool:
-        """Ask the process to ``op`` and exit; SIGTERM, then SIGKILL when it takes too long.
+    async def stop(self, timeout_s: float, *, drain: bool = False) -> bool:
+        """Ask the process to exit (``drain``: first commit its journal); SIGTERM, then SIGKILL when it takes too long.
 
         Returns True when it exited within ``timeout_s`` on its own.
         """
@@ -151,10 +150,11 @@ class Child:
         if proc is None or proc.returncode is not None:
             return True
         deadline = time.monotonic() + timeout_s
-        await self.send({"op": op})
+        message = Drain() if drain else Stop()
+        await self.send(message)
         if await _exited(proc, deadline - time.monotonic() - min(1.0, timeout_s / 4)):
             return True
-        logger.warning("%s: no exit after '%s'; sending SIGTERM", self.name, op)
+        logger.warning("%s: no exit after '%s'; sending SIGTERM", self.name, message.op)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         if await _exited(proc, deadline - time.monotonic()):
@@ -166,11 +166,6 @@ class Child:
             proc.kill()
         await proc.wait()
         return False
-
-    async def signal(self, sig: int) -> None:
-        """Send ``sig`` to the running process (tests, and the operator's tools)."""
-        if self.proc is not None and self.proc.returncode is None:
-            os.kill(self.proc.pid, sig)
 
 
 async def _exited(proc: asyncio.subprocess.Process, timeout_s: float) -> bool:

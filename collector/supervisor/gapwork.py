@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -31,6 +30,7 @@ from collector.core.times import IST
 from collector.db.backfill import Backfill
 from collector.db.holidays import fetched_today, load_holidays, store_holidays
 from collector.db.jobs import Jobs
+from collector.ipc.messages import NewCalendar
 from collector.metrics import SupervisorMetrics
 from collector.supervisor.children import Child
 from collector.supervisor.upstox import UpstoxRest
@@ -72,7 +72,7 @@ class GapWork:
         self._calendar_sent: dict[int, tuple[int, int]] = {}  # connection -> (pid, version)
         self._backfill_due: float | None = None
         self._backfill_timer: asyncio.Task[None] | None = None
-        self._awaited: list[tuple[int, Any]] = []
+        self._awaited: list[tuple[int, datetime]] = []
         self._tasks = tasks  # the collector's: cancelled at its shutdown
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
@@ -82,8 +82,8 @@ class GapWork:
         scheduler.add_job(self._daily_holidays, "cron", hour=6, minute=5, timezone=IST, **common)
         scheduler.add_job(self._scheduled_backfill, "interval", seconds=self.BACKFILL_EVERY_S, **common)
 
-    def connected(self, connection: int, at: Any) -> None:
-        """A feed process subscribed (``at``, ISO time): backfill its gap soon."""
+    def connected(self, connection: int, at: datetime) -> None:
+        """A feed process subscribed at ``at``: backfill its gap soon."""
         self._backfill_soon(self.BACKFILL_DEBOUNCE_S, waiting_for=(connection, at))
 
     # -- holidays --------------------------------------------------------------------
@@ -125,7 +125,7 @@ class GapWork:
                 await asyncio.wait_for(self._calendar_ready.wait(), self.HOLIDAYS_WAIT_S)
         sent = (child.proc.pid if child.proc else 0, self._calendar_version)
         if self._calendar_sent.get(child.connection) != sent:
-            await child.send({"op": "calendar", "calendar": self.calendar.to_json()})
+            await child.send(NewCalendar(self.calendar))
             self._calendar_sent[child.connection] = sent
 
     async def _broadcast_calendar(self) -> None:
@@ -135,7 +135,7 @@ class GapWork:
 
     # -- backfill --------------------------------------------------------------------
 
-    def _backfill_soon(self, delay_s: float, *, waiting_for: tuple[int, Any] | None = None) -> None:
+    def _backfill_soon(self, delay_s: float, *, waiting_for: tuple[int, datetime] | None = None) -> None:
         """Run the backfill in ``delay_s`` (or earlier, if already due); one run at a time."""
         due = time.monotonic() + delay_s
         if self._backfill_due is None or due < self._backfill_due:
@@ -155,7 +155,7 @@ class GapWork:
             self._backfill_due = None
             awaited, self._awaited = self._awaited, []
 
-            async def work(conn: asyncpg.Connection, awaited: list[tuple[int, Any]] = awaited) -> None:
+            async def work(conn: asyncpg.Connection, awaited: list[tuple[int, datetime]] = awaited) -> None:
                 for connection, at in awaited:
                     await self._gap_committed(conn, connection, at)
                 report = await self.backfill.run(conn)
@@ -164,7 +164,7 @@ class GapWork:
 
             await self.jobs.run("backfill", work)
 
-    async def _gap_committed(self, conn: asyncpg.Connection, connection: int, at: Any) -> None:
+    async def _gap_committed(self, conn: asyncpg.Connection, connection: int, when: datetime) -> None:
         """Wait (briefly) until the writer has committed what followed a reconnect, the gap included.
 
         The feed journals the gap before anything it reads after subscribing,
@@ -172,9 +172,8 @@ class GapWork:
         too. Nothing is awaited when the calendar says the market was closed.
         """
         shard = self._shard(connection)
-        if shard is None or not isinstance(at, str):
+        if shard is None:
             return
-        when = datetime.fromisoformat(at)
         keys = [k for keys in shard.keys.values() for k in keys]
         if not keys or not self.calendar.open_spans(shard.segments(), when - timedelta(seconds=1), when):
             return

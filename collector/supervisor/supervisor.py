@@ -28,7 +28,6 @@ import shutil
 import tempfile
 import time
 from contextlib import AsyncExitStack
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,16 @@ from collector.db.instruments import display, publish_master, sync_master
 from collector.db.jobs import Jobs, apply_retention_policy
 from collector.db.migrate import migrate
 from collector.exceptions import CollectorError, ConfigError, UpstoxError
-from collector.feed.process import FeedSpec
+from collector.ipc.messages import (
+    Authorize,
+    Authorized,
+    AuthorizeFailed,
+    Connected,
+    FeedSpec,
+    Keys,
+    Message,
+    WriterSpec,
+)
 from collector.ipc.metrics import serving_registry, use_multiprocess
 from collector.journal.files import lock_file
 from collector.metrics import SupervisorMetrics
@@ -56,7 +64,6 @@ from collector.supervisor.children import Child
 from collector.supervisor.gapwork import GapWork
 from collector.supervisor.serving import serve_metrics
 from collector.supervisor.upstox import TokenSource, UpstoxRest, rest_limiter, token_expiry
-from collector.writer.process import WriterSpec
 
 __all__ = ["Supervisor", "run"]
 
@@ -234,21 +241,19 @@ class Supervisor:
     def _start_feed(self, connection: int) -> None:
         s = self.settings
 
-        def spec() -> dict[str, Any]:
-            since = self._since.get(connection)
+        def spec() -> FeedSpec:
             shard = self.shards.get(connection, Shard(connection, {}))
-            feed = FeedSpec(
+            return FeedSpec(
                 connection=connection,
                 keys={m: list(k) for m, k in shard.keys.items()},
                 journal_dir=str(self._journal(connection)),
-                options=asdict(s.feed_options()),
-                journal=asdict(s.journal_options()),
-                calendar=self.gapwork.calendar.to_json(),
-                since=since.isoformat() if since else None,
+                options=s.feed_options(),
+                journal=s.journal_options(),
+                calendar=self.gapwork.calendar,
+                since=self._since.get(connection),
                 log_level=s.log_level,
                 metrics_dir=str(self.metrics_dir),
             )
-            return {"feed": feed.to_json(), "log_level": s.log_level, "metrics_dir": str(self.metrics_dir)}
 
         child = Child(
             "feed", connection, module="collector.feed.process", spec=spec, env=self._child_env(),
@@ -260,18 +265,15 @@ class Supervisor:
     def _start_writer(self, connection: int) -> None:
         s = self.settings
 
-        def spec() -> dict[str, Any]:
-            writer = WriterSpec(
+        def spec() -> WriterSpec:
+            return WriterSpec(
                 connection=connection,
                 journal_dir=str(self._journal(connection)),
-                options=asdict(s.writer_options()),
+                database_url=self.dsn,
+                options=s.writer_options(),
                 log_level=s.log_level,
                 metrics_dir=str(self.metrics_dir),
             )
-            return {
-                "writer": writer.to_json(), "database_url": self.dsn,
-                "log_level": s.log_level, "metrics_dir": str(self.metrics_dir),
-            }  # fmt: skip
 
         child = Child(
             "writer", connection, module="collector.writer.process", spec=spec, env=self._child_env(),
@@ -280,24 +282,20 @@ class Supervisor:
         self.writers[connection] = child
         self._tasks.append(asyncio.create_task(child.run(), name=f"supervise {child.name}"))
 
-    async def _on_feed_message(self, child: Child, message: dict[str, Any]) -> None:
-        if message.get("op") == "connected":
-            # The gap (if any) follows through the journal: backfill it soon.
-            self.gapwork.connected(child.connection, message.get("at"))
-            return
-        if message.get("op") != "authorize":
-            return
-        # Holidays first: the first connection of a start-up records the gap since the last run.
-        await self.gapwork.send_calendar(child)
-        try:
-            uri = await self.upstox.authorize()
-        except UpstoxError as exc:
-            await child.send({
-                "op": "authorize_failed", "reason": exc.reason, "message": str(exc),
-                "retry_after_s": exc.retry_after_s,
-            })  # fmt: skip
-            return
-        await child.send({"op": "authorized", "uri": uri})
+    async def _on_feed_message(self, child: Child, message: Message) -> None:
+        match message:
+            case Connected(at=at):
+                # The gap (if any) follows through the journal: backfill it soon.
+                self.gapwork.connected(child.connection, at)
+            case Authorize():
+                # Holidays first: the first connection of a start-up records the gap since the last run.
+                await self.gapwork.send_calendar(child)
+                try:
+                    uri = await self.upstox.authorize()
+                except UpstoxError as exc:
+                    await child.send(AuthorizeFailed.of(exc))
+                    return
+                await child.send(Authorized(uri))
 
     async def apply_universe(self, universe: dict[Mode, list[str]]) -> dict[Mode, list[str]]:
         """Move the connections to a new universe without reconnecting them."""
@@ -311,7 +309,7 @@ class Supervisor:
                 continue
             self.shards[shard.shard_id] = shard
             if shard.shard_id in self.feeds:
-                await self.feeds[shard.shard_id].send({"op": "keys", "keys": shard.keys})
+                await self.feeds[shard.shard_id].send(Keys(shard.keys))
             else:
                 if shard.shard_id not in self.writers:
                     self._start_writer(shard.shard_id)
@@ -368,7 +366,7 @@ class Supervisor:
         logger.info("shutting down (within %.0fs)", budget)
         await asyncio.gather(*(c.stop(min(3.0, budget / 3)) for c in self.feeds.values()))
         remaining = max(deadline - time.monotonic() - 0.5, 1.0)
-        drained = await asyncio.gather(*(c.stop(remaining, op="drain") for c in self.writers.values()))
+        drained = await asyncio.gather(*(c.stop(remaining, drain=True) for c in self.writers.values()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

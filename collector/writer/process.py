@@ -3,9 +3,10 @@
 Started by the supervisor as ``python -m collector.writer.process``; the
 database URL comes in its spec on stdin. It runs at a lower CPU priority
 (``nice`` +5) than the feed processes: when the machine is saturated, reading
-the sockets comes first and the journal absorbs the difference. Messages:
-``drain`` (store everything on disk, then exit) and ``stop`` (exit now; what
-is not committed stays in the journal for the next start).
+the sockets comes first and the journal absorbs the difference. It answers
+:class:`~collector.ipc.messages.Drain` (store everything on disk, then exit)
+and :class:`~collector.ipc.messages.Stop` (exit now; what is not committed
+stays in the journal for the next start).
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -24,34 +23,19 @@ from prometheus_client import CollectorRegistry
 from collector.db.connect import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
 from collector.ipc.channel import Channel
 from collector.ipc.child import run_child
+from collector.ipc.messages import Drain, Stop, WriterSpec
 from collector.journal.files import lock_file
 from collector.metrics import WriterMetrics
-from collector.options import WriterOptions
 from collector.writer.writer import Writer
 
-__all__ = ["WriterSpec", "main"]
+__all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 NICE = 5
 
 
-@dataclass
-class WriterSpec:
-    """What the supervisor tells a writer process."""
-
-    connection: int
-    journal_dir: str
-    options: dict[str, Any]  # WriterOptions fields
-    log_level: str = "INFO"
-    metrics_dir: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> int:
-    spec = WriterSpec(**raw["writer"])
-    dsn: str = raw["database_url"]
+async def main(spec: WriterSpec, channel: Channel, stop: asyncio.Event) -> int:
+    dsn = spec.database_url
     with contextlib.suppress(OSError):
         os.nice(NICE)
     directory = Path(spec.journal_dir)
@@ -70,17 +54,18 @@ async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> in
         connection=spec.connection,
         connect=connect,
         metrics=metrics,
-        options=WriterOptions(**spec.options),
+        options=spec.options,
     )
     drain = asyncio.Event()
 
     async def control() -> None:
         while (message := await channel.receive()) is not None:
-            if message["op"] == "drain":
-                logger.info("draining the journal into the database")
-                drain.set()
-            elif message["op"] == "stop":
-                return
+            match message:
+                case Drain():
+                    logger.info("draining the journal into the database")
+                    drain.set()
+                case Stop():
+                    return
 
     run = asyncio.create_task(writer.run(drain), name="writer")
     others = [asyncio.create_task(control(), name="control"), asyncio.create_task(stop.wait(), name="signal")]
@@ -101,4 +86,4 @@ async def main(raw: dict[str, Any], channel: Channel, stop: asyncio.Event) -> in
 if __name__ == "__main__":
     import sys
 
-    run_child(f"writer {sys.argv[-1]}", main)
+    run_child(f"writer {sys.argv[-1]}", WriterSpec, main)

@@ -35,11 +35,12 @@ from collector.core.backoff import full_jitter
 from collector.core.batch import Batch, Batcher
 from collector.core.decode import decode_frame
 from collector.core.market import MarketState
-from collector.core.records import FeedSession, Gap, StatusChange
+from collector.core.records import Gap, StatusChange
 from collector.core.sequencer import TickSequencer
 from collector.core.times import EPOCH, ist_day, ist_time
 from collector.db.connect import CONNECT_TIMEOUT_S, TRANSIENT_ERRORS
 from collector.exceptions import DecodeError, PositionConflict
+from collector.journal.events import decode_event
 from collector.journal.files import journal_id
 from collector.journal.format import EVENT, FRAME, Record
 from collector.journal.reader import JournalReader
@@ -47,7 +48,7 @@ from collector.metrics import WriterMetrics
 from collector.options import WriterOptions
 from collector.writer.store import BatchStore
 
-__all__ = ["Writer", "event_record"]
+__all__ = ["Writer"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,25 +56,6 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 # Start over from the committed position: the database is away (for now), or a
 # commit whose outcome was unknown did happen.
 RELOAD = (*TRANSIENT_ERRORS, PositionConflict)
-
-
-def _time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def event_record(payload: bytes) -> FeedSession | Gap:
-    """A connection event written by the feed (JSON) as a row to store."""
-    e = json.loads(payload)
-    if e["type"] == "session":
-        return FeedSession(
-            e["connection"], _time(e["connected_at"]), _time(e["disconnected_at"]), e["reason"]
-        )
-    if e["type"] == "gap":
-        return Gap(
-            e["connection"], _time(e["started_at"]), _time(e["ended_at"]), e["segments"], e["reason"],
-            e.get("instruments", []),
-        )  # fmt: skip
-    raise ValueError(f"unknown event type {e['type']!r}")
 
 
 class Writer:
@@ -177,7 +159,11 @@ class Writer:
             sequencer.load(saved["ticks"])
             market.status = dict(saved.get("market", {}))
         opt = self.options
-        batcher = Batcher(max_batch_rows=opt.max_batch_rows, flush_interval_s=opt.flush_interval_s)
+        batcher = Batcher(
+            max_batch_rows=opt.max_batch_rows,
+            flush_interval_s=opt.flush_interval_s,
+            grow_factor=opt.grow_factor,
+        )
         start = end = self.committed
         first_ns = 0
         inflight: asyncio.Task[None] | None = None
@@ -200,7 +186,7 @@ class Writer:
                     self._committed(batch)
                     inflight = batch = None
                 now = self._clock()
-                if inflight is None and end > start and self._due(batcher, now, first_ns):
+                if inflight is None and end > start and batcher.due(now):
                     batch = batcher.seal() or Batch()
                     batch.journal, batch.start, batch.end = self.journal, start, end
                     batch.first_received_ns = first_ns
@@ -208,7 +194,7 @@ class Writer:
                     inflight = asyncio.create_task(self._store.write(conn, batch))
                     start, first_ns = end, 0
                 if records:
-                    if inflight is not None and batcher.tick_rows >= opt.max_batch_rows * opt.grow_factor:
+                    if inflight is not None and batcher.full():
                         await asyncio.wait({inflight})  # full: let the journal hold the rest
                     else:
                         await asyncio.sleep(0)  # let the write in flight move
@@ -247,13 +233,6 @@ class Writer:
                 await asyncio.wait({inflight}, timeout=5.0)
                 if inflight.done() and not inflight.cancelled():
                     inflight.exception()  # retrieved: the connection was aborted on purpose
-
-    def _due(self, batcher: Batcher, now: float, first_ns: int) -> bool:
-        if batcher.tick_rows >= self.options.max_batch_rows:
-            return True
-        if len(batcher) == 0:
-            return True  # only positions (events nobody stores, skipped corruption) to commit
-        return batcher.age(now) >= self.options.flush_interval_s
 
     def _committed(self, batch: Batch) -> None:
         self.committed = batch.end
@@ -339,7 +318,7 @@ class Writer:
                 batcher.add(now, ticks, frame.bars, changed)
             elif rec.kind == EVENT:
                 try:
-                    event = event_record(rec.payload)
+                    event = decode_event(rec.payload)
                 except (ValueError, KeyError, TypeError) as exc:
                     logger.error("connection %s: bad event record at %d: %s", self.connection, rec.end, exc)
                     continue
