@@ -34,27 +34,25 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 
+from collector.core.gapfill import PendingGap, Result, judge_gap, sort_out
 from collector.core.gaps import (
     FILL_STATUSES,
     HISTORY_START,
     MINUTE,
-    Answer,
     Candle,
     CandleRequest,
     Verdict,
     gap_minutes,
-    judge,
     parse_candles,
     plan_requests,
 )
 from collector.core.ratelimit import RateLimiter
 from collector.core.times import ist_day
 from collector.db.connect import TRANSIENT_ERRORS
-from collector.exceptions import UpstoxError, UpstoxProtocolError
+from collector.exceptions import UpstoxError
 from collector.metrics import SupervisorMetrics
 from collector.supervisor.upstox import UpstoxRest
 
@@ -119,27 +117,6 @@ class BackfillReport:
     retry_at: datetime | None = None  # when a pending gap's last minute is over
 
 
-@dataclass(slots=True)
-class _Gap:
-    connection: int
-    started_at: datetime
-    ended_at: datetime
-    instruments: list[str]
-    attempts: int
-    progress: dict[str, Any]
-    complete: set[datetime] = field(default_factory=set)  # minutes that are over
-    waiting: list[datetime] = field(default_factory=list)  # minutes that are not
-    ticks: dict[str, set[datetime]] = field(default_factory=dict)  # minutes with live ticks
-    stored: dict[str, set[datetime]] = field(default_factory=dict)  # minutes backfilled
-
-    @property
-    def done(self) -> set[str]:
-        return set(self.progress.get("done", []))
-
-    def without_ticks(self, key: str) -> set[datetime]:
-        return self.complete - self.ticks.get(key, set())
-
-
 class _Budget:
     def __init__(self, requests: int) -> None:
         self.left = requests
@@ -151,9 +128,6 @@ class _Budget:
         self.left -= 1
         self.sent += 1
         return True
-
-
-Result = list[Candle] | UpstoxError | str  # candles, an error, or why it was not sent
 
 
 class Backfill:
@@ -206,10 +180,10 @@ class Backfill:
         budget = _Budget(self.options.max_requests_per_run)
         results, fatal = await self._fetch(requests, budget)
         report.requests = budget.sent
-        answers, refused, failed, rows = self._sort_out(requests, results)
-        report.stored = await self._store(conn, gaps, rows)
+        outcome = sort_out(requests, results)
+        report.stored = await self._store(conn, gaps, outcome.rows)
         for gap in gaps:
-            verdict, answered = self._judge(gap, answers, refused, failed, now)
+            verdict, answered = judge_gap(gap, outcome, now, max_attempts=self.options.max_attempts)
             await self._record(conn, gap, verdict, answered, now)
             report.states[verdict.status] += 1
             if verdict.status == "pending" and gap.waiting:
@@ -228,7 +202,7 @@ class Backfill:
 
     # -- loading ------------------------------------------------------------------------
 
-    async def _load(self, conn: asyncpg.Connection, now: datetime) -> list[_Gap]:
+    async def _load(self, conn: asyncpg.Connection, now: datetime) -> list[PendingGap]:
         rows = await conn.fetch(
             "SELECT connection, started_at, ended_at, instruments, fill_attempts, fill_progress::text AS progress "
             "FROM feed_gaps WHERE fill_status = 'pending' ORDER BY ended_at DESC LIMIT $1",
@@ -237,7 +211,7 @@ class Backfill:
         settle = timedelta(seconds=self.options.settle_s)
         gaps = []
         for r in rows:
-            gap = _Gap(
+            gap = PendingGap(
                 r["connection"], r["started_at"], r["ended_at"], list(r["instruments"]),
                 r["fill_attempts"], json.loads(r["progress"]),
             )  # fmt: skip
@@ -300,57 +274,12 @@ class Backfill:
             logger.error("backfill stopped: %s", fatal[0])
         return results, (fatal[0] if fatal else None)
 
-    @staticmethod
-    def _sort_out(
-        requests: Sequence[CandleRequest], results: dict[CandleRequest, Result]
-    ) -> tuple[
-        dict[str, Answer], dict[str, str], dict[str, str], dict[tuple[str, datetime], tuple[Candle, str]]
-    ]:
-        """Per instrument: its answer, or why Upstox refused it, or why it is still to be fetched."""
-        answers: dict[str, Answer] = {}
-        refused: dict[str, str] = {}
-        failed: dict[str, str] = {}
-        rows: dict[tuple[str, datetime], tuple[Candle, str]] = {}
-        for request in requests:
-            key = request.instrument_key
-            result = results.get(request, "not sent")
-            if isinstance(result, UpstoxProtocolError):
-                refused[key] = str(result)
-                continue
-            if not isinstance(result, list):
-                failed.setdefault(key, str(result))
-                continue
-            answer = answers.setdefault(key, Answer({}))
-            for candle in result:
-                if request.kind == "historical" and not (
-                    request.from_day
-                    and request.to_day
-                    and request.from_day <= ist_day(candle.bucket) <= request.to_day
-                ):
-                    continue
-                answer.candles[candle.bucket] = candle
-                rows[(key, candle.bucket)] = (candle, f"upstox_{request.kind}")
-            if request.kind == "intraday":
-                if result:
-                    answer.newest_intraday = max(c.bucket for c in result)
-            elif result and request.from_day and request.to_day:
-                days = {
-                    request.from_day + timedelta(days=i)
-                    for i in range((request.to_day - request.from_day).days + 1)
-                }
-                answer.historical_days = answer.historical_days | days
-        for key in refused:
-            answers.pop(key, None)
-        for key in failed:
-            answers.pop(key, None)  # partly answered: the rest is asked again, whole
-        return answers, refused, failed, rows
-
     # -- storing and judging ------------------------------------------------------------
 
     async def _store(
         self,
         conn: asyncpg.Connection,
-        gaps: Sequence[_Gap],
+        gaps: Sequence[PendingGap],
         rows: dict[tuple[str, datetime], tuple[Candle, str]],
     ) -> int:
         wanted: dict[str, set[datetime]] = {}
@@ -379,79 +308,9 @@ class Backfill:
             self._metrics.backfill_candles.inc(inserted)
         return inserted
 
-    def _judge(
-        self,
-        gap: _Gap,
-        answers: dict[str, Answer],
-        refused_now: dict[str, str],
-        failed: dict[str, str],
-        now: datetime,
-    ) -> tuple[Verdict, bool]:
-        """The gap's verdict, and whether Upstox answered for it in this run."""
-        if not gap.instruments:
-            return Verdict(
-                "unfillable", "the gap records no instruments (it predates migration 005)", 0, 0, 0, 0
-            ), False
-        today = ist_day(now)
-        done = gap.done
-        refused: dict[str, str] = dict(gap.progress.get("refused", {}))
-        refused_minutes = int(gap.progress.get("refused_minutes", 0))
-        no_trades = int(gap.progress.get("no_trades", 0))
-        expected = filled = too_old = unresolved = not_fetched = live_no_trades = 0
-        transient: str | None = None
-        answered = False
-        for key in gap.instruments:
-            without = gap.without_ticks(key)
-            old = {m for m in without if ist_day(m) < HISTORY_START}
-            expected += len(without)
-            got = without & gap.stored[key]
-            filled += len(got)
-            too_old += len(old)
-            if key in done:
-                continue
-            remaining = without - got - old
-            if key in refused_now and remaining:
-                refused[key] = refused_now[key]
-                refused_minutes += len(remaining)
-                done.add(key)
-                answered = True
-                continue
-            answer = answers.get(key)
-            if remaining and answer is None:
-                not_fetched += 1
-                transient = transient or failed.get(key, "not fetched")
-                continue
-            answered = answered or answer is not None
-            empty = {m for m in remaining if answer is not None and answer.has_no_trades(m, today)}
-            left = remaining - empty
-            if not left and not gap.waiting:
-                done.add(key)
-                no_trades += len(empty)
-            else:
-                live_no_trades += len(empty)
-                unresolved += len(left)
-        attempts = gap.attempts + (1 if answered else 0)
-        gap.attempts = attempts
-        verdict = judge(
-            expected=expected, filled=filled, no_trades=no_trades + live_no_trades, refused=refused,
-            refused_minutes=refused_minutes, too_old=too_old,
-            waiting=len(gap.waiting) * (len(gap.instruments) - len(done)), unresolved=unresolved,
-            attempts=attempts, max_attempts=self.options.max_attempts, not_fetched=not_fetched,
-            transient=transient,
-        )  # fmt: skip
-        progress: dict[str, Any] = {
-            "refused": refused,
-            "refused_minutes": refused_minutes,
-            "no_trades": no_trades,
-        }
-        if verdict.status == "pending":
-            progress["done"] = sorted(done)
-        gap.progress = progress
-        return verdict, answered
-
     @staticmethod
     async def _record(
-        conn: asyncpg.Connection, gap: _Gap, verdict: Verdict, answered: bool, now: datetime
+        conn: asyncpg.Connection, gap: PendingGap, verdict: Verdict, answered: bool, now: datetime
     ) -> None:
         await conn.execute(
             _UPDATE_SQL, gap.connection, gap.started_at, verdict.status, verdict.detail[:2000], verdict.expected,
