@@ -2,7 +2,7 @@
 #
 # The first stage builds the wheel, migrations inside the package (collector/db/migrations);
 # the second installs it with the pinned dependencies. So the image runs what `pip install`
-# gives users (tests/test_package.py installs the same wheel in a fresh venv), and nothing
+# gives users (tests/ops/test_package.py installs the same wheel in a fresh venv), and nothing
 # in the working directory can shadow the installed package.
 FROM python:3.11.11-slim-bookworm AS wheel
 WORKDIR /src

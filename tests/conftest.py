@@ -14,11 +14,19 @@ the test command has not), so the tests can stop and start them.
 your own instead (a superuser DSN; tests that stop the server then fail).
 Every test that needs a database gets a new one, so tests never share state.
 
+What a test needs beyond this checkout and loopback sockets it opens itself
+is a marker, so that ``scripts/check`` can leave it out: ``database`` (set
+here on every test that takes a database fixture), ``provisioned`` (Debian's
+prometheus and promtool, and trixie's promtool, which ``scripts/test``
+installs as root) and ``network`` (a package index).
+
 Time limits: an ``async def`` test gets ``ASYNC_TEST_LIMIT_S``; when it is
 over, the test fails even if its code swallows the cancellation, and the
 event loop is abandoned rather than waited on. pytest-timeout (``timeout`` in
 pyproject.toml, thread method) is the outer bound for everything else: it
 ends the whole run with every thread's stack, which no test code can catch.
+
+Tests import what they share from ``tests.support``, never from here.
 """
 
 from __future__ import annotations
@@ -26,19 +34,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import subprocess
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCAL_TSDB = ROOT / "scripts" / "timescaledb-local"
-FLAVOURS = ("apache", "tsl")
+from tests.support.db import FLAVOURS, Server, migrate_database
+
 ASYNC_TEST_LIMIT_S = 600.0
+# Fixtures that reach a TimescaleDB, or run a promtool that scripts/test installs: a test
+# that takes one (directly or not) is marked "database" or "provisioned".
+DATABASE_FIXTURES = frozenset({"tsdb", "single_tsdb", "database", "migrated", "single_migrated"})
+PROVISIONED_FIXTURES = frozenset({"promtool"})
 
 
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
@@ -79,6 +86,20 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "limit(seconds): time limit of an async test")
+    config.addinivalue_line("markers", "database: needs a TimescaleDB (set on every test that takes one)")
+    config.addinivalue_line(
+        "markers", "provisioned: needs what scripts/test installs as root (prometheus, promtools)"
+    )
+    config.addinivalue_line("markers", "network: needs a package index")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if DATABASE_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.database)
+        if PROVISIONED_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.provisioned)
 
 
 FIGURES: list[str] = []
@@ -101,34 +122,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
-class Server:
-    """A TimescaleDB under test, and (when we run it) a way to stop and start it."""
-
-    def __init__(self, dsn: str, flavour: str, control: list[str] | None = None) -> None:
-        self.dsn = dsn
-        self.flavour = flavour
-        self._control = control
-
-    @property
-    def controllable(self) -> bool:
-        return self._control is not None
-
-    def stop(self) -> None:
-        assert self._control is not None, "this test stops the database: run it on a server the tests start"
-        subprocess.run([*self._control, "stop"], check=True, capture_output=True)
-
-    def start(self) -> None:
-        assert self._control is not None
-        subprocess.run([*self._control, "start"], check=True, capture_output=True)
-
-    def database(self, name: str) -> str:
-        base, _, _ = self.dsn.rpartition("/")
-        return f"{base}/{name}"
-
-    def __repr__(self) -> str:
-        return f"Server({self.flavour})"
-
-
 def _flavours() -> list[str]:
     if os.environ.get("COLLECTOR_TEST_DATABASE_URL"):
         return ["external"]
@@ -143,10 +136,7 @@ def _flavours() -> list[str]:
 def _server(flavour: str) -> Server:
     if flavour == "external":
         return Server(os.environ["COLLECTOR_TEST_DATABASE_URL"], "external")
-    control = [str(LOCAL_TSDB), "--flavour", flavour]
-    subprocess.run([*control, "start"], check=True)
-    out = subprocess.run([*control, "dsn"], check=True, capture_output=True, text=True)
-    return Server(out.stdout.strip(), flavour, control)
+    return Server.local(flavour)
 
 
 @pytest.fixture(scope="session", params=_flavours())
@@ -164,56 +154,19 @@ def single_tsdb() -> Server:
 @pytest.fixture
 def single_migrated(single_tsdb: Server) -> Iterator[str]:
     """A new migrated database on ``single_tsdb``."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    asyncio.run(_admin(single_tsdb, f"CREATE DATABASE {name}"))
-    dsn = single_tsdb.database(name)
-    asyncio.run(_migrate(dsn))
-    yield dsn
-    asyncio.run(_admin(single_tsdb, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-async def _admin(server: Server, sql: str) -> None:
-    conn = await asyncpg.connect(server.dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+    with single_tsdb.new_database(migrated=True) as dsn:
+        yield dsn
 
 
 @pytest.fixture
 def database(tsdb: Server) -> Iterator[str]:
     """DSN of a new, empty database (timescaledb available), dropped afterwards."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    asyncio.run(_admin(tsdb, f"CREATE DATABASE {name}"))
-    yield tsdb.database(name)
-    asyncio.run(_admin(tsdb, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-async def _migrate(dsn: str) -> None:
-    from collector.db.migrate import migrate
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    with tsdb.new_database(migrated=False) as dsn:
+        yield dsn
 
 
 @pytest.fixture
 def migrated(database: str) -> str:
     """DSN of a new database with every migration applied."""
-    asyncio.run(_migrate(database))
+    asyncio.run(migrate_database(database))
     return database
-
-
-def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """Run one query synchronously (for assertions outside an event loop)."""
-
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())

@@ -6,32 +6,18 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from tests.conftest import ROOT
-from tests.stack import free_port
-
-
-def collector(
-    *args: str, env: dict[str, str] | None = None, **kw: object
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kw,  # type: ignore[call-overload]
-    )
+from tests.support.db import connection
+from tests.support.paths import ROOT
+from tests.support.ports import free_port, wait_port
+from tests.support.process import run_cli
 
 
 @pytest.mark.parametrize(
@@ -52,14 +38,14 @@ def collector(
     ],
 )
 def test_a_bad_setting_exits_with_one_line_naming_it(name: str, value: str) -> None:
-    result = collector("migrate", env={name: value})
+    result = run_cli("migrate", env={name: value})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0], result.stderr
 
 
 def test_secrets_never_reach_the_output(migrated: str) -> None:
-    result = collector(
+    result = run_cli(
         "migrate", env={"COLLECTOR_DATABASE_URL": migrated, "COLLECTOR_UPSTOX_TOKEN": "s3cr3t-t0ken"}
     )
     assert result.returncode == 0, result.stderr
@@ -69,23 +55,13 @@ def test_secrets_never_reach_the_output(migrated: str) -> None:
 def test_instruments_sync_refuses_a_bad_master_before_connecting(tmp_path: Path) -> None:
     # Judged before the database is contacted: this URL has nothing behind it.
     (tmp_path / "master.json.gz").write_bytes(b"\x1f\x8b not really gzip")
-    result = collector(
+    result = run_cli(
         "instruments", "sync", "--source", str(tmp_path / "master.json.gz"),
         env={"COLLECTOR_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"},
     )  # fmt: skip
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"collector: instrument master refused: {tmp_path}/master.json.gz: a broken gzip")
-
-
-def wait_port(port: int, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listening on {port}")
 
 
 def test_simulate_then_migrate_sync_and_run_produce_ticks(migrated: str, tmp_path: Path) -> None:
@@ -121,8 +97,8 @@ def test_simulate_then_migrate_sync_and_run_produce_ticks(migrated: str, tmp_pat
             "COLLECTOR_SPOOL_DIR": str(tmp_path / "spool"),
             "COLLECTOR_METRICS_PORT": str(metrics_port),
         }
-        assert collector("migrate", env=env).stdout.strip() == "database is up to date"
-        synced = collector("instruments", "sync", env=env)
+        assert run_cli("migrate", env=env).stdout.strip() == "database is up to date"
+        synced = run_cli("instruments", "sync", env=env)
         assert synced.returncode == 0 and synced.stdout.startswith("stored "), synced.stderr
         with (tmp_path / "run.log").open("w") as log:
             run = subprocess.Popen(
@@ -131,8 +107,7 @@ def test_simulate_then_migrate_sync_and_run_produce_ticks(migrated: str, tmp_pat
         wait_port(metrics_port)
 
         async def count() -> tuple[int, int, set[str]]:
-            conn = await asyncpg.connect(migrated)
-            try:
+            async with connection(migrated) as conn:
                 n = await conn.fetchval("SELECT count(*) FROM ticks")
                 fut = await conn.fetchval(
                     "SELECT count(DISTINCT t.instrument_key) FROM ticks t JOIN instruments_current i "
@@ -143,8 +118,6 @@ def test_simulate_then_migrate_sync_and_run_produce_ticks(migrated: str, tmp_pat
                     "USING (instrument_key) WHERE i.instrument_type = 'FUT'"
                 )
                 return n, fut, {r[0] for r in unders}
-            finally:
-                await conn.close()
 
         deadline = time.monotonic() + 60
         while (got := asyncio.run(count()))[0] < 1000:

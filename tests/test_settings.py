@@ -30,7 +30,7 @@ import pytest
 from pydantic.fields import FieldInfo
 
 from collector.settings import Settings
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 NOT_A_FOLDER = str(ROOT / "README.md")
 INVALID: dict[str, list[str]] = {

@@ -1,0 +1,208 @@
+"""Metrics, rules and dashboards against a running collector, real Prometheus, real TimescaleDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from collector.core.batch import Batch
+from collector.db.jobs import Jobs
+from collector.metrics import SupervisorMetrics, WriterMetrics
+from collector.writer.store import BatchStore
+from tests.support.db import Server, connection
+from tests.support.grafana import expand
+from tests.support.paths import ROOT
+from tests.support.stack import Stack
+from tests.support.waiting import wait
+
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+RULES = ROOT / "prometheus" / "rules" / "collector.yml"
+DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "datasources.yml"
+
+
+def panels() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                yield path.name, panel, target
+
+
+@pytest.fixture(scope="module")
+def stack(tsdb: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    name = "t_" + uuid.uuid4().hex[:12]
+
+    async def admin(sql: str) -> None:
+        async with connection(tsdb.dsn) as conn:
+            await conn.execute(sql)
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    s = Stack(tsdb.database(name), tmp_path_factory.mktemp("stack"))
+    try:
+        s.start()
+        wait(lambda: s.metric("collector_rows_written_total", table="ticks") > 3000, 90, "ticks")
+        # A dropped connection while the market is open leaves a gap behind.
+        assert s.sim is not None
+        s.call(s.sim.drop(1011))
+        wait(lambda: s.metric("collector_rows_written_total", table="feed_gaps") >= 1, 30, "gap")
+        s.start_prometheus()
+        wait(lambda: s.query('up{job="collector"} == 1'), 30, "Prometheus scraping the collector")
+        yield s
+    finally:
+        s.close()
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+def test_promtool_check_metrics_passes_on_the_real_endpoint(stack: Stack) -> None:
+    body = stack.metrics_text()
+    result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_label_takes_instrument_keys_or_secrets(stack: Stack) -> None:
+    body = stack.metrics_text()
+    assert "NSE_FO|" not in body and "NSE_EQ|" not in body
+    assert stack.sim is not None and stack.sim.token not in body
+    assert "postgresql://" not in body
+
+
+# -- rules and dashboards in Prometheus -------------------------------------------------
+
+
+def rule_exprs() -> list[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule["expr"] for g in groups for rule in g["rules"]]
+
+
+def recorded() -> set[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {rule["record"] for g in groups for rule in g["rules"] if "record" in rule}
+
+
+def promql() -> list[str]:
+    exprs = rule_exprs()
+    for _, _, target in panels():
+        if target["datasource"]["uid"] == "prometheus":
+            exprs.append(target["expr"].replace("$__rate_interval", "1m"))
+    return exprs
+
+
+def exported_names(body: str) -> set[str]:
+    return {
+        line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and not line.startswith("#")
+    }
+
+
+def test_every_expression_evaluates_and_names_only_exported_metrics(stack: Stack) -> None:
+    exported = exported_names(stack.metrics_text()) | recorded() | {"up"}
+    for expr in promql():
+        stack.query(expr)
+        names = set(re.findall(r"\b(collector[_:][a-zA-Z0-9_:]*)", expr))
+        unknown = names - exported
+        assert not unknown, (expr, unknown)
+
+
+def test_dashboards_show_data_in_prometheus(stack: Stack) -> None:
+    wait(lambda: stack.query("collector:ticks_decoded:rate1m > 0"), 60, "tick rate recorded")
+    assert stack.query("collector_feed_connected == 1")
+    assert stack.query("collector:connection_market_open == 1")
+
+
+def test_a_feed_drop_makes_the_disconnect_alert_true(stack: Stack) -> None:
+    expr = next(e for e in rule_exprs() if e.startswith("collector_feed_connected == 0"))
+    assert not stack.query(expr)
+    assert stack.sim is not None
+    stack.sim.fail_authorize(401, count=10_000)  # it cannot come back
+    stack.call(stack.sim.drop(1006))
+    wait(lambda: stack.query(expr), 30, "disconnect alert expression")
+    stack.sim._auth_faults.clear()
+    wait(lambda: stack.query("collector_feed_connected == 1"), 120, "reconnected")
+
+
+# -- SQL panels on TimescaleDB --------------------------------------------------------
+
+
+def test_dashboards_are_provisionable(stack: Stack) -> None:
+    provisioned = {d["uid"] for d in yaml.safe_load(DATASOURCES.read_text())["datasources"]}
+    assert len(DASHBOARDS) == 3
+    uids = set()
+    for path in DASHBOARDS:
+        text = path.read_text()
+        board = json.loads(text)
+        assert board["id"] is None and re.fullmatch(r"[A-Za-z0-9_-]{1,40}", board["uid"])
+        uids.add(board["uid"])
+        assert "__inputs" not in board and "${DS_" not in text
+        defined = {v["name"] for v in board["templating"]["list"]}
+        for var in board["templating"]["list"]:
+            assert var.get("datasource", {}).get("uid", "prometheus") in provisioned
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] in provisioned, panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] in provisioned
+                query = target.get("rawSql", target.get("expr", ""))
+                used = set(re.findall(r"\$(\w+)", query)) - {n for n in re.findall(r"\$(__\w+)", query)}
+                assert used <= defined, (path.name, panel["title"], used - defined)
+    assert len(uids) == 3
+
+
+async def add_dead_letter(dsn: str) -> None:
+    store = BatchStore(WriterMetrics(CollectorRegistry()))
+    async with connection(dsn) as conn:
+        row = await conn.fetchrow("SELECT * FROM ticks LIMIT 1")
+        from collector.core.records import TICK_COLUMNS, Tick
+
+        tick = Tick(*(row[c] for c in TICK_COLUMNS))._replace(instrument_key="NSE_EQ|\x00")
+        journal = f"test-{uuid.uuid4()}"
+        await store.load(conn, journal, 99, 0)
+        await store.write(conn, Batch(ticks=[tick], journal=journal, start=0, end=1))
+
+
+def test_every_sql_panel_runs_and_shows_data(stack: Stack, tmp_path: Path) -> None:
+    asyncio.run(add_dead_letter(stack.dsn))
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(stack.dsn)
+
+    assert asyncio.run(
+        Jobs(connect=connect, metrics=SupervisorMetrics(CollectorRegistry())).refresh_candles()
+    )
+
+    async def check() -> None:
+        async with connection(stack.dsn) as conn:
+            instrument = await conn.fetchval(
+                "SELECT c.instrument_key FROM candles_1m c JOIN exchange_bars b ON b.instrument_key = "
+                "c.instrument_key AND b.interval = 'I1' AND b.bar_start = c.bucket LIMIT 1"
+            )
+            assert instrument, "no instrument with both our candles and the exchange's bars"
+            end = datetime.now(UTC) + timedelta(minutes=1)
+            start = end - timedelta(hours=1)
+            for board_name, panel, target in panels():
+                if target["datasource"]["uid"] != "timescaledb":
+                    continue
+                sql = expand(target["rawSql"], start=start, end=end, variables={"instrument": instrument})
+                rows = await conn.fetch(sql)
+                assert rows, f"{board_name}: {panel['title']} returned no rows"
+                if target["format"] == "time_series":
+                    times = [r["time"] for r in rows]
+                    assert times == sorted(times), panel["title"]
+            board = json.loads((ROOT / "grafana" / "dashboards" / "market-data.json").read_text())
+            [variable] = board["templating"]["list"]
+            values = await conn.fetch(variable["query"])
+            assert instrument in {r["__value"] for r in values}
+
+    asyncio.run(check())
