@@ -5,9 +5,10 @@ process. The data flows one way: socket → journal → decode → sequence →
 batch → TimescaleDB. Where each part lives:
 
     core/        the rules, no I/O: records, times, decode, sequencer, batch, market, calendar,
-                 universe, master, requests, shards, gaps, backoff, ratelimit
-    journal/     the one log both processes of a connection share: format, files, appender, reader
-    ipc/         supervisor ↔ child: the channel, the child runtime, the metric files
+                 universe, master, requests, shards, gaps, gapfill, backoff, ratelimit
+    journal/     the one log both processes of a connection share: format, files, appender,
+                 reader, events
+    ipc/         supervisor ↔ child: the channel and its messages, the child runtime, the metric files
     feed/        the feed process: socket → journal      (``connection``, ``process``)
     writer/      the writer process: journal → database  (``writer``, ``store``, ``process``)
     supervisor/  the parent: startup → main loop → shutdown (``supervisor``), its children
@@ -16,8 +17,9 @@ batch → TimescaleDB. Where each part lives:
     db/          SQL: connect, migrations, the instrument master, holidays, backfill, jobs
     proto/       the generated protobuf code; simulator/ a local stand-in for Upstox
 
-``cli`` holds the commands; ``settings``, ``exceptions`` and ``metrics`` are
-shared by every process.
+``cli`` holds the commands. Shared by every process: ``settings`` (every
+setting and its default), ``options`` (what each component is handed, built
+from the settings), ``exceptions`` and ``metrics``.
 """
 
 __version__ = "0.2.0"

@@ -146,18 +146,22 @@ def _utf8(v: str) -> bool:
     return True
 
 
-def _int(v: Any) -> int:
+def _integer(v: Any) -> int:
+    """An integer given as one, as a float without a fraction, or as text."""
     if type(v) is int:
-        n = v
-    elif type(v) is float and v.is_integer():
-        n = int(v)
-    elif type(v) is str:
+        return v
+    if type(v) is float and v.is_integer():
+        return int(v)
+    if type(v) is str:
         try:
-            n = int(v)
+            return int(v)
         except ValueError:
             raise _Bad from None
-    else:
-        raise _Bad  # bool, list, object, NaN, 1.5
+    raise _Bad  # bool, list, object, NaN, 1.5
+
+
+def _int(v: Any) -> int:
+    n = _integer(v)
     if not -_INT4 <= n < _INT4:
         raise _Bad  # the column is a PostgreSQL integer
     return n
@@ -180,17 +184,7 @@ def _float(v: Any) -> float:
 
 def _expiry(v: Any) -> datetime:
     # Epoch milliseconds: an integer (beyond the int4 range, unlike the other numbers).
-    if type(v) is int:
-        ms = v
-    elif type(v) is float and v.is_integer():
-        ms = int(v)
-    elif type(v) is str:
-        try:
-            ms = int(v)
-        except ValueError:
-            raise _Bad from None
-    else:
-        raise _Bad
+    ms = _integer(v)
     if not 0 <= ms <= MAX_EPOCH_MS:
         raise _Bad
     return EPOCH + timedelta(milliseconds=ms)

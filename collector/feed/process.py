@@ -22,18 +22,9 @@ from prometheus_client import CollectorRegistry
 from collector.core.market import MarketState
 from collector.core.shards import Shard
 from collector.feed.connection import FeedConnection
+from collector.ipc import messages
 from collector.ipc.channel import Channel
 from collector.ipc.child import run_child
-from collector.ipc.messages import (
-    Authorize,
-    Authorized,
-    AuthorizeFailed,
-    Connected,
-    FeedSpec,
-    Keys,
-    NewCalendar,
-    Stop,
-)
 from collector.journal.appender import JournalAppender
 from collector.journal.reader import last_record_time
 from collector.metrics import FeedMetrics
@@ -48,23 +39,23 @@ class _Authorizer:
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
-        self._waiting: asyncio.Future[Authorized | AuthorizeFailed] | None = None
+        self._waiting: asyncio.Future[messages.Authorized | messages.AuthorizeFailed] | None = None
 
     async def __call__(self) -> str:
         self._waiting = asyncio.get_running_loop().create_future()
-        await self._channel.send(Authorize())
+        await self._channel.send(messages.Authorize())
         match await self._waiting:
-            case Authorized(uri=uri):
+            case messages.Authorized(uri=uri):
                 return uri
-            case AuthorizeFailed() as failed:
+            case messages.AuthorizeFailed() as failed:
                 raise failed.error()
 
-    def answer(self, message: Authorized | AuthorizeFailed) -> None:
+    def answer(self, message: messages.Authorized | messages.AuthorizeFailed) -> None:
         if self._waiting is not None and not self._waiting.done():
             self._waiting.set_result(message)
 
 
-async def main(spec: FeedSpec, channel: Channel, stop: asyncio.Event) -> int:
+async def main(spec: messages.FeedSpec, channel: Channel, stop: asyncio.Event) -> int:
     metrics = FeedMetrics(CollectorRegistry(), connection=spec.connection)
     authorizer = _Authorizer(channel)
     with JournalAppender(Path(spec.journal_dir), spec.journal) as journal:
@@ -80,19 +71,19 @@ async def main(spec: FeedSpec, channel: Channel, stop: asyncio.Event) -> int:
             calendar=spec.calendar,
             down_since=last or spec.since,
             # The supervisor runs the backfill after a reconnect (the gap rows follow shortly).
-            on_connected=lambda at: notices.append(asyncio.create_task(channel.send(Connected(at)))),
+            on_connected=lambda at: notices.append(asyncio.create_task(channel.send(messages.Connected(at)))),
         )
 
         async def control() -> None:
             while (message := await channel.receive()) is not None:
                 match message:
-                    case Stop():
+                    case messages.Stop():
                         return
-                    case Authorized() | AuthorizeFailed():
+                    case messages.Authorized() | messages.AuthorizeFailed():
                         authorizer.answer(message)
-                    case Keys(keys=keys):
+                    case messages.Keys(keys=keys):
                         await feed.set_keys(keys)
-                    case NewCalendar(calendar=calendar):
+                    case messages.NewCalendar(calendar=calendar):
                         feed.calendar = calendar
 
         tasks = [
@@ -116,4 +107,4 @@ async def main(spec: FeedSpec, channel: Channel, stop: asyncio.Event) -> int:
 if __name__ == "__main__":
     import sys
 
-    run_child(f"feed {sys.argv[-1]}", FeedSpec, main)
+    run_child(f"feed {sys.argv[-1]}", messages.FeedSpec, main)

@@ -1,4 +1,6 @@
 """A local stand-in for Upstox: REST authorize, the V3 feed socket, an instrument master.
 
-``market`` generates instruments and prices (no I/O); ``server`` serves them.
+``market`` generates instruments and prices (no I/O); ``candles`` answers the
+candle and holiday APIs from what the market traded; ``server`` serves it all
+on one port, with the feed socket's side in ``feed``.
 """
