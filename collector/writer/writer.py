@@ -20,6 +20,7 @@ idle, a batch waits at most ``flush_interval_s`` for company.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -111,6 +112,8 @@ class Writer:
                         self._metrics.write_failures.labels("transient").inc()
                         self._set_db_up(False)
                     await self._drop_connection()
+                    with contextlib.suppress(OSError):  # the journal grows while nothing commits: say so
+                        self._publish_journal()
                     delay = next(delays)
                     logger.warning(
                         "connection %s: write failed (%s: %s); reloading from the journal in %.1fs",
@@ -147,9 +150,10 @@ class Writer:
         conn = await self._connection()
         oldest = self._reader.seek(0)
         position, state = await self._store.load(conn, self.journal, self.connection, oldest)
-        self._set_db_up(True)
         self.committed = self._reader.seek(position)
         self._release()
+        self._publish_journal()  # before "reachable": what is left to commit is known then
+        self._set_db_up(True)
         sequencer = TickSequencer()
         market = MarketState()
         if state is None:
@@ -202,9 +206,7 @@ class Writer:
                 # Caught up with the journal for now.
                 idle = inflight is None and end == start
                 if now - lag_published >= 1.0:
-                    self._metrics.journal_lag.labels(self._label).set(
-                        max(self._reader.end() - self.committed, 0)
-                    )
+                    self._publish_journal()
                     lag_published = now
                 if idle:
                     if self._reader.position >= self._reader.end():
@@ -246,6 +248,12 @@ class Writer:
         freed = self._release()
         if freed:
             logger.debug("connection %s: %d journal bytes released", self.connection, freed)
+
+    def _publish_journal(self) -> None:
+        """The journal's bytes on disk, and those not committed (once the committed position is known)."""
+        self._metrics.journal_bytes.labels(self._label).set(self._reader.disk_bytes())
+        if self.committed >= 0:
+            self._metrics.journal_lag.labels(self._label).set(max(self._reader.end() - self.committed, 0))
 
     def _release(self) -> int:
         freed = self._reader.release(self.committed)
