@@ -3,8 +3,8 @@
 Settings come from ``COLLECTOR_*`` environment variables (see the README); a
 bad setting exits with status 2 and one line naming it, and so does an
 instrument master that ``instruments sync`` refuses or holds back. Signals are handled
-here only: the first SIGINT/SIGTERM starts a graceful shutdown, a second one
-exits at once.
+here only: the first SIGINT, SIGTERM or SIGHUP (the terminal or SSH session
+went away) starts a graceful shutdown, a second one exits at once.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ async def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> 
         logger.info("signal received: stopping (send again to force)")
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: by default it would end the process without draining the writers.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, on_signal)
     await main(stop)
 

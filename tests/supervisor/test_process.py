@@ -30,8 +30,10 @@ async def ticks_stored(dsn: str) -> int:
         return int(await conn.fetchval("SELECT count(*) FROM ticks"))
 
 
-async def test_streams_and_stops_on_sigterm_with_everything_read_committed(
-    migrated: str, tmp_path: Path
+# SIGHUP is what a closed terminal or SSH session sends: it must drain like SIGTERM (issue 16).
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+async def test_streams_and_stops_on_a_signal_with_everything_read_committed(
+    migrated: str, tmp_path: Path, sig: signal.Signals
 ) -> None:
     async with Simulator(rate=2000, stocks=20) as sim:
         with CollectorProcess(tmp_path, env_for(sim, migrated)) as c:
@@ -41,13 +43,21 @@ async def test_streams_and_stops_on_sigterm_with_everything_read_committed(
             assert c.metric("collector_process_up") == 4
             assert c.metric("collector_feed_connected") == 2
             await c.settle(sim)
-            rc, took = await c.stop()
+            rc, took = await c.stop(sig=sig)
         assert rc == 0, c.tail()
         assert took < 15, took
         assert "everything read is committed" in c.tail()
         totals = await expect_exactly_once(migrated, sim.stats()["instruments"])
     assert totals["sent"] > 2000
     assert not any(Path(f"/proc/{pid}").exists() for pid in children.values())
+    # The writers drained: each connection's session, closed by the stop, is stored.
+    conn = await asyncpg.connect(migrated)
+    try:
+        sessions = await conn.fetch("SELECT connection, disconnected_at FROM feed_sessions")
+    finally:
+        await conn.close()
+    assert sorted(row["connection"] for row in sessions) == [0, 1]
+    assert all(row["disconnected_at"] is not None for row in sessions)
 
 
 async def test_sigkill_while_the_database_is_down_loses_nothing_read(
