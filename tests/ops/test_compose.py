@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from collector.metrics import SupervisorMetrics
 from collector.settings import Settings
 from collector.supervisor.serving import serve_metrics
+from tests.support.docs import SETTINGS_DOC, settings_paragraph, settings_table
 from tests.support.paths import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -89,6 +90,55 @@ def test_every_mounted_file_exists_and_volumes_are_named() -> None:
     assert (ROOT / "prometheus" / "prometheus.yml").exists()
     assert list((ROOT / "prometheus" / "rules").glob("*.yml"))
     assert len(list((ROOT / "grafana" / "dashboards").glob("*.json"))) == 3
+
+
+def env_example() -> dict[str, str]:
+    text = (ROOT / ".env.example").read_text()
+    return dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", text, re.M))
+
+
+def test_every_setting_reaches_the_collector_as_env_has_it() -> None:
+    """Issue 16: .env lines such as COLLECTOR_MARKET_HOURS never reached the container.
+
+    The settings table (tests/support/docs.py: SETTINGS_DOC), the collector service's
+    environment and .env.example are held to each other: every setting is passed,
+    either through from .env (``${NAME:-...}``) or fixed by compose for the
+    containers' wiring, and the fixed ones are exactly those the document names.
+    """
+    table = set(settings_table())
+    assert table == {f"COLLECTOR_{name.upper()}" for name in Settings.model_fields}
+    environment = compose()["services"]["collector"]["environment"]
+    assert set(environment) == table, set(environment) ^ table
+    passed = {
+        name for name, value in environment.items() if re.fullmatch(rf"\$\{{{name}(:-[^}}]*)?\}}", str(value))
+    }
+    fixed = table - passed
+    assert fixed == table & settings_paragraph("With docker compose, `.env` sets every one of these")
+    # .env.example has a line for every setting .env can set; every line it has is used by compose
+    # (a misspelt name would silently set nothing).
+    example = set(env_example())
+    assert example & table == passed, (example & table) ^ passed
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    assert example <= used, example - used
+    # Empty in .env means the default (Settings ignores empty variables), so compose may pass "".
+    assert Settings.model_config.get("env_ignore_empty") is True
+
+
+def test_a_token_file_has_a_place_that_a_rotation_reaches() -> None:
+    collector = compose()["services"]["collector"]
+    mounts = {v.split(":")[1]: v for v in collector["volumes"]}
+    target = "/run/secrets/collector"
+    # The folder is mounted, read-only: a file bind mount would keep the replaced token's inode.
+    source, _, mode = mounts[target].split(":")
+    assert mode == "ro" and (ROOT / source).is_dir()
+    assert (ROOT / source / "README.md").exists()
+    # Never committed, never in the image's build context.
+    gitignore = (ROOT / ".gitignore").read_text().split()
+    assert "/secrets/*" in gitignore and "!/secrets/README.md" in gitignore
+    assert "secrets" in (ROOT / ".dockerignore").read_text().split()
+    documented = f"{target}/"
+    assert documented in (ROOT / ".env.example").read_text() and documented in SETTINGS_DOC.read_text()
+    assert "COLLECTOR_UPSTOX_TOKEN_FILE" in env_example()
 
 
 def test_every_variable_is_documented_and_secrets_have_no_default() -> None:
