@@ -244,10 +244,18 @@ async def sync_master(
 
 
 async def publish_master(conn: asyncpg.Connection, metrics: SupervisorMetrics, *, current_rows: int) -> None:
-    """Export the master in force and whether a newer day is held back (read from the database)."""
-    held = await conn.fetchval(
-        "SELECT EXISTS (SELECT FROM instrument_masters WHERE status = 'held' AND trading_day > "
-        "coalesce((SELECT max(trading_day) FROM instrument_masters WHERE status <> 'held'), '-infinity'))"
+    """Export the master in force, when it was loaded, and whether a newer day is held back.
+
+    Read from the database, so a restart reports the sync that loaded the master in
+    force instead of "never" (the gauge's 0, shown as 56.9 years ago).
+    """
+    row = await conn.fetchrow(
+        "SELECT (SELECT loaded_at FROM instrument_masters WHERE status <> 'held' "
+        "        ORDER BY trading_day DESC LIMIT 1) AS loaded_at, "
+        "EXISTS (SELECT FROM instrument_masters WHERE status = 'held' AND trading_day > "
+        "coalesce((SELECT max(trading_day) FROM instrument_masters WHERE status <> 'held'), '-infinity')) AS held"
     )
     metrics.master_rows.set(current_rows)
-    metrics.master_rejected.labels("held").set(1 if held else 0)
+    metrics.master_rejected.labels("held").set(1 if row["held"] else 0)
+    if row["loaded_at"] is not None:
+        metrics.job_last_success.labels("instrument_sync").set(row["loaded_at"].timestamp())
