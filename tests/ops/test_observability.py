@@ -134,6 +134,26 @@ def test_a_feed_drop_makes_the_disconnect_alert_true(stack: Stack) -> None:
     wait(lambda: stack.query("collector_feed_connected == 1"), 120, "reconnected")
 
 
+def test_the_scheduled_jobs_table_reads_as_one_row_per_job(stack: Stack) -> None:
+    """The panel's instant queries, merged on their labels as Grafana's merge transformation does."""
+    board = json.loads((ROOT / "grafana" / "dashboards" / "collector.json").read_text())
+    jobs = next(p for p in board["panels"] if p["title"] == "Scheduled jobs")
+    wait(lambda: bool(stack.query(jobs["targets"][0]["expr"])), 30, "a job's last success scraped")
+    table: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
+    for target in jobs["targets"]:
+        for series in stack.query(target["expr"]):
+            row = table.setdefault(tuple(sorted(series["metric"].items())), {})
+            row[target["refId"]] = float(series["value"][1])
+    # One key column, the task, so each job is one row with both columns.
+    assert all(len(key) == 1 and key[0][0] == "task" for key in table), table
+    rows = {key[0][1]: row for key, row in table.items()}
+    assert {"instrument_sync", "candle_refresh", "retention", "backfill", "holiday_sync"} <= set(rows)
+    assert all(row["B"] == 0 for row in rows.values()), rows  # failures in the last hour
+    # The master was loaded at start-up: minutes ago, not 56.9 years (time() - 0).
+    assert 0 <= rows["instrument_sync"]["A"] < 3600, rows
+    assert all(row.get("A", 0) < 3600 for row in rows.values()), rows
+
+
 # -- SQL panels on TimescaleDB --------------------------------------------------------
 
 
