@@ -1,26 +1,33 @@
 """Command line: ``collector run | migrate | instruments sync | simulate``.
 
-Settings come from ``COLLECTOR_*`` environment variables (see the README); a
-bad setting exits with status 2 and one line naming it, and so does an
-instrument master that ``instruments sync`` refuses or holds back. Signals are handled
-here only: the first SIGINT, SIGTERM or SIGHUP (the terminal or SSH session
-went away) starts a graceful shutdown, a second one exits at once.
+Settings come from ``COLLECTOR_*`` environment variables (see the README).
+Exit status 2, with one line naming what failed, when a command cannot do its
+work with what it was given: a bad setting or argument, an instrument master
+that ``instruments sync`` refuses, holds back or cannot fetch (its URL is
+named), a database that does not answer at ``COLLECTOR_DATABASE_URL`` (never
+the password) or lacks its migrations. Status 1 when it fails while working.
+Signals are handled here only: the first SIGINT, SIGTERM or SIGHUP (the
+terminal or SSH session went away) starts a graceful shutdown, a second one
+exits at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import math
 import os
 import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 from collector.core.master import MasterRejected
 from collector.db.connect import TRANSIENT_ERRORS
-from collector.exceptions import CollectorError, ConfigError
+from collector.exceptions import CollectorError, ConfigError, DatabaseUnreachable, MasterUnreachable
 from collector.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -28,8 +35,48 @@ __all__ = ["main"]
 logger = logging.getLogger("collector")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose errors are one line (its subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return port
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {low}")
+        return value
+
+    return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not (math.isfinite(rate) and rate >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (ticks per second, 0 or more)")
+    return rate
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="collector", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = _Parser(prog="collector", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="stream the configured universe into TimescaleDB")
     sub.add_parser("migrate", help="apply pending database migrations and exit")
@@ -45,13 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim = sub.add_parser("simulate", help="serve a local Upstox V3 stand-in")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8700)
+    sim.add_argument("--port", type=_port, default=8700)
     sim.add_argument("--token", default=os.environ.get("COLLECTOR_SIMULATOR_TOKEN", "sim-token"))
-    sim.add_argument("--rate", type=float, default=1000.0, help="ticks per second over all connections")
-    sim.add_argument("--stocks", type=int, default=50, help="equities in the generated master")
-    sim.add_argument("--max-connections", type=int, default=2)
+    sim.add_argument("--rate", type=_rate, default=1000.0, help="ticks per second over all connections")
+    sim.add_argument("--stocks", type=_at_least(1), default=50, help="equities in the generated master")
+    sim.add_argument("--max-connections", type=_at_least(1), default=2)
     sim.add_argument(
-        "--replay-states", type=int, default=0,
+        "--replay-states", type=_at_least(0), default=0,
         help="benchmarks: replay this many pre-built states per instrument instead of building each tick",
     )  # fmt: skip
     sim.add_argument("--tls-cert", help="PEM certificate chain: serve https/wss")
@@ -83,11 +130,11 @@ async def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> 
 
 
 async def _migrate(settings: Settings) -> None:
-    from collector.db.connect import connect
+    from collector.db.connect import connect_once
     from collector.db.jobs import apply_retention_policy
     from collector.db.migrate import migrate
 
-    conn = await connect(settings.database_url.get_secret_value())
+    conn = await connect_once(settings.database_url.get_secret_value())
     try:
         applied = await migrate(conn)
         await apply_retention_policy(conn, settings.retention_days)
@@ -97,12 +144,12 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _sync(settings: Settings, source: str | None, force: bool) -> int:
-    from collector.db.connect import connect
+    from collector.db.connect import connect_once
     from collector.db.instruments import read_master, store_master
 
     # Judge the file before connecting: a refused one never reaches the database.
     master = await asyncio.to_thread(read_master, source or settings.instruments_url, force=force)
-    conn = await connect(settings.database_url.get_secret_value())
+    conn = await connect_once(settings.database_url.get_secret_value())
     try:
         load = await store_master(conn, master, min_ratio=settings.instruments_min_ratio, force=force)
     finally:
@@ -120,7 +167,10 @@ async def _simulate(args: argparse.Namespace, stop: asyncio.Event) -> None:
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(args.tls_cert, args.tls_key)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except OSError as exc:  # ssl.SSLError too: not a PEM certificate and key
+            raise ConfigError("--tls-cert/--tls-key", f"cannot load them: {exc.strerror or exc}") from None
     sim = Simulator(
         host=args.host,
         port=args.port,
@@ -131,9 +181,18 @@ async def _simulate(args: argparse.Namespace, stop: asyncio.Event) -> None:
         max_connections=args.max_connections,
         replay_states=args.replay_states,
     )
-    async with sim:
+    try:
+        await sim.start()
+    except OSError as exc:  # a port in use, an address not on this machine
+        await sim.close()
+        option = "--port" if exc.errno == errno.EADDRINUSE else "--host"
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(option, f"cannot listen on {args.host}:{args.port}: {why}") from None
+    try:
         print(f"simulator: COLLECTOR_UPSTOX_API_URL={sim.url}", flush=True)
         await stop.wait()
+    finally:
+        await sim.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MasterRejected as exc:  # bad input, like a bad setting
         print(f"collector: instrument master refused: {exc}", file=sys.stderr)
+        return 2
+    except MasterUnreachable as exc:
+        print(f"collector: instrument master not fetched: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseUnreachable as exc:
+        print(f"collector: {exc}", file=sys.stderr)
         return 2
     except CollectorError as exc:
         print(f"collector: {exc}", file=sys.stderr)

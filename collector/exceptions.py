@@ -14,6 +14,9 @@
     │   ├── UpstoxNetworkError      DNS, TCP, timeouts, 5xx, closed sockets
     │   ├── UpstoxTLSError          certificate verification or handshake failure
     │   └── UpstoxProtocolError     Upstox broke the protocol, or refused the request (4xx)
+    ├── Unreachable (OSError)       a service a command needs did not answer; one line names it
+    │   ├── DatabaseUnreachable     a command cannot connect to COLLECTOR_DATABASE_URL
+    │   └── MasterUnreachable       the instrument master's URL: network, DNS, refused, 5xx
     ├── JournalWriteError (OSError) the journal's disk refused an append
     └── PositionConflict            a journal's committed position moved under us
 
@@ -28,6 +31,7 @@ connection retries every failure forever (:mod:`collector.feed.connection`).
 
 from __future__ import annotations
 
+import socket
 from typing import ClassVar, Literal
 
 UpstoxReason = Literal["401", "403", "429", "network", "tls", "protocol"]
@@ -111,6 +115,32 @@ class JournalLockedError(ConfigError):
 
     def __init__(self, message: str) -> None:
         super().__init__("COLLECTOR_JOURNAL_DIR", message)
+
+
+class Unreachable(CollectorError, OSError):
+    """A service did not answer. An OSError still, so whoever retries network trouble retries this;
+    a command gives up with its message, one line that names what did not answer (no secret in it)."""
+
+
+class DatabaseUnreachable(Unreachable):
+    """A command cannot connect to ``COLLECTOR_DATABASE_URL``: refused, unknown host, no answer in time."""
+
+
+class MasterUnreachable(Unreachable):
+    """The instrument master could not be fetched: the network, DNS, a refused port, a timeout, 5xx."""
+
+
+def unreachable_reason(exc: object) -> str:
+    """Why a connection failed, in a few words for an :class:`Unreachable` message."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
 
 
 class JournalWriteError(CollectorError, OSError):

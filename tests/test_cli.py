@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from collector.simulator.market import generate_master
 from tests.support.db import connection
 from tests.support.paths import ROOT
 from tests.support.ports import free_port, wait_port
@@ -62,6 +66,98 @@ def test_instruments_sync_refuses_a_bad_master_before_connecting(tmp_path: Path)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"collector: instrument master refused: {tmp_path}/master.json.gz: a broken gzip")
+
+
+# -- what failed, in one line (issue 16) ----------------------------------------------------
+# "Without network" is a port on loopback nobody listens on: nothing here reaches another host.
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("via", ["--source", "COLLECTOR_INSTRUMENTS_URL"])
+def test_instruments_sync_names_the_master_url_that_does_not_answer(via: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}/market-quote/instruments/exchange/complete.json.gz"
+    args, env = (["--source", url], {}) if via == "--source" else ([], {"COLLECTOR_INSTRUMENTS_URL": url})
+    result = run_cli(
+        "instruments", "sync", *args, env={"COLLECTOR_DATABASE_URL": "postgresql://x@127.0.0.1:1/x", **env}
+    )
+    assert result.returncode == 2
+    assert one_line(result) == f"collector: instrument master not fetched: {url}: connection refused"
+
+
+@pytest.mark.parametrize("command", ["migrate", "instruments sync"])
+def test_a_database_that_does_not_answer_is_named_without_its_password(command: str, tmp_path: Path) -> None:
+    port = free_port()
+    # instruments sync judges the master before it connects: give it a good one.
+    master = tmp_path / "complete.json.gz"
+    master.write_bytes(gzip.compress(json.dumps(generate_master(5)).encode()))
+    result = run_cli(
+        *command.split(),
+        env={
+            "COLLECTOR_DATABASE_URL": f"postgresql://owner:s3cr3t-pw@127.0.0.1:{port}/collector",
+            "COLLECTOR_INSTRUMENTS_URL": str(master),
+        },
+    )
+    assert result.returncode == 2
+    assert one_line(result) == (
+        f"collector: COLLECTOR_DATABASE_URL: cannot connect to 127.0.0.1:{port}/collector: connection refused"
+    )
+    assert "s3cr3t" not in result.stdout + result.stderr
+
+
+def test_run_on_an_unmigrated_database_says_run_collector_migrate(database: str, tmp_path: Path) -> None:
+    result = run_cli(
+        "run",
+        env={
+            "COLLECTOR_DATABASE_URL": database,
+            "COLLECTOR_MIGRATE_ON_START": "false",
+            "COLLECTOR_SUBSCRIPTIONS": json.dumps({"ltpc": ["NSE_EQ|INE002A01018"]}),
+            "COLLECTOR_UPSTOX_TOKEN": "t",
+            "COLLECTOR_JOURNAL_DIR": str(tmp_path / "journal"),
+            "COLLECTOR_METRICS_PORT": str(free_port()),
+        },
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("collector:")]
+    assert "Traceback" not in result.stderr and "does not exist" not in result.stderr, result.stderr
+    db = database.rsplit("/", 1)[1]
+    assert len(errors) == 1 and errors[0].startswith(
+        "collector: configuration error: COLLECTOR_MIGRATE_ON_START: false, and the database at "
+        f"127.0.0.1:{urllib.parse.urlsplit(database).port}/{db} lacks "
+    ), result.stderr
+    assert errors[0].endswith("run `collector migrate` first (as the database's owner)")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--port", "99999"], "collector simulate: argument --port: '99999' is not a port (0-65535)"),
+        (["--rate", "nan"], "collector simulate: argument --rate: 'nan' is not a rate (ticks per second, 0 or more)"),
+        (["--rate", "-5"], "collector simulate: argument --rate: '-5' is not a rate (ticks per second, 0 or more)"),
+        (["--stocks", "0"], "collector simulate: argument --stocks: '0' is not a whole number of at least 1"),
+        (["--tls-cert", "/no/such.pem"], "collector: configuration error: --tls-cert/--tls-key: cannot load them: No such file or directory"),
+    ],
+)  # fmt: skip
+def test_simulate_refuses_a_bad_argument_in_one_line(args: list[str], line: str) -> None:
+    result = run_cli("simulate", *args)
+    assert result.returncode == 2
+    assert one_line(result).removesuffix(" (see collector simulate --help)") == line
+
+
+def test_simulate_on_a_taken_port_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("simulate", "--port", str(port))
+    assert result.returncode == 2
+    assert one_line(result) == (
+        f"collector: configuration error: --port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 def test_simulate_then_migrate_sync_and_run_produce_ticks(migrated: str, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from collector.core.backoff import full_jitter
-from collector.exceptions import ConfigError
+from collector.exceptions import ConfigError, DatabaseUnreachable, unreachable_reason
 
 __all__ = [
     "COMMAND_TIMEOUT_S",
@@ -34,8 +34,10 @@ __all__ = [
     "PERMANENT_CONNECT_ERRORS",
     "TRANSIENT_ERRORS",
     "connect",
+    "connect_once",
     "connect_until",
     "redact",
+    "where",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,28 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
         return await asyncpg.connect(dsn, **kwargs)
     except PERMANENT_CONNECT_ERRORS as exc:
         raise ConfigError(SETTING, redact(f"{type(exc).__name__}: {exc}", dsn)) from None
+
+
+def where(dsn: str) -> str:
+    """``host:port/database`` of a DSN: what a message may say about it (no user, no password)."""
+    try:
+        parts = urlsplit(dsn)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+    except ValueError:
+        return "an unusable URL"
+
+
+async def connect_once(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """A command's one connection (``migrate``, ``instruments sync``): no waiting for the server.
+
+    A server that does not answer is a :class:`DatabaseUnreachable` whose one line names
+    ``COLLECTOR_DATABASE_URL`` and where it points, never the password.
+    """
+    try:
+        return await connect(dsn, **kwargs)
+    except TRANSIENT_ERRORS as exc:
+        message = redact(f"{SETTING}: cannot connect to {where(dsn)}: {unreachable_reason(exc)}", dsn)
+        raise DatabaseUnreachable(message) from None
 
 
 async def connect_until(

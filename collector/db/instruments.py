@@ -38,6 +38,7 @@ from collector.core.master import (
     parse_master,
 )
 from collector.core.times import ist_day
+from collector.exceptions import MasterUnreachable, unreachable_reason
 
 if TYPE_CHECKING:
     from collector.metrics import SupervisorMetrics
@@ -65,8 +66,9 @@ _LOCK_ID = 0x696E7374  # "inst": one master load at a time per database
 def fetch_master(source: str, *, timeout_s: float = 60.0) -> bytes:
     """Read the master from an http(s) URL, a file:// URL or a local path (blocking).
 
-    Network trouble and 5xx answers raise OSError (worth retrying); a 4xx
-    answer or a file that cannot be read raises :class:`MasterRejected`.
+    Network trouble and 5xx answers raise :class:`MasterUnreachable` (an
+    OSError: worth retrying), naming the URL; a 4xx answer or a file that
+    cannot be read raises :class:`MasterRejected`.
     """
     name = display(source)
     if source.startswith(("http://", "https://")):
@@ -77,7 +79,11 @@ def fetch_master(source: str, *, timeout_s: float = 60.0) -> bytes:
         except urllib.error.HTTPError as exc:
             if 400 <= exc.code < 500:
                 raise MasterRejected(name, f"answered HTTP {exc.code}", reason="unreadable") from None
-            raise
+            raise MasterUnreachable(f"{name}: answered HTTP {exc.code}") from None
+        except urllib.error.URLError as exc:  # DNS, refused, TLS: the reason is what failed
+            raise MasterUnreachable(f"{name}: {unreachable_reason(exc.reason)}") from None
+        except OSError as exc:  # a timeout or a reset while reading
+            raise MasterUnreachable(f"{name}: {unreachable_reason(exc)}") from None
     else:
         path = Path(source.removeprefix("file://"))
         try:

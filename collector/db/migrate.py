@@ -19,7 +19,7 @@ import asyncpg
 
 from collector.exceptions import MigrationError
 
-__all__ = ["MIGRATIONS_DIR", "Migration", "discover", "migrate"]
+__all__ = ["MIGRATIONS_DIR", "Migration", "discover", "migrate", "pending"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a number")
     return found
+
+
+async def pending(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migrations not applied to this database yet (all of them on an empty one); read-only."""
+    migrations = discover(directory)
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return migrations
+    applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    return [m for m in migrations if m.version not in applied]
 
 
 async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[int]:

@@ -31,6 +31,7 @@ import contextlib
 import gzip
 import json
 import logging
+import math
 import os
 import ssl
 import time
@@ -316,7 +317,10 @@ class Simulator(FeedSide):
         elif kind == "slow":
             self.request_delay_s = float(arg or 1.0)
         elif kind == "rate":
-            self.rate = float(arg)
+            rate = float(arg)
+            if not (math.isfinite(rate) and rate >= 0):  # nan would only fail later, in the send loop
+                raise ValueError(f"rate {arg!r}: ticks per second, 0 or more")
+            self.rate = rate
         else:
             raise ValueError(f"unknown fault {kind!r}")
         return kind

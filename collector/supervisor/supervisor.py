@@ -41,10 +41,10 @@ from collector.core.calendar import SEGMENTS, Calendar, parse_hours
 from collector.core.records import MODES, Mode
 from collector.core.shards import DEFAULT_LIMITS, Shard, plan_universe, segment_of, shard_universe
 from collector.core.universe import resolve_universe
-from collector.db.connect import COMMAND_TIMEOUT_S, JOB_COMMAND_TIMEOUT_S, connect, connect_until
+from collector.db.connect import COMMAND_TIMEOUT_S, JOB_COMMAND_TIMEOUT_S, connect, connect_until, where
 from collector.db.instruments import display, publish_master, sync_master
 from collector.db.jobs import Jobs, apply_retention_policy
-from collector.db.migrate import migrate
+from collector.db.migrate import migrate, pending
 from collector.exceptions import CollectorError, ConfigError, UpstoxError
 from collector.ipc.messages import (
     Authorize,
@@ -135,6 +135,14 @@ class Supervisor:
             if s.migrate_on_start:
                 await migrate(conn)
                 await apply_retention_policy(conn, s.retention_days)
+            elif missing := await pending(conn):
+                # Say so before the first query of a table that is not there yet.
+                raise ConfigError(
+                    "COLLECTOR_MIGRATE_ON_START",
+                    f"false, and the database at {where(self.dsn)} lacks {len(missing)} of its "
+                    f"migrations (from {missing[0].version:03d}_{missing[0].name}): run `collector migrate` "
+                    "first (as the database's owner)",
+                )
             universe = await self._universe(conn)
             for row in await conn.fetch(
                 "SELECT connection, max(disconnected_at) AS at FROM feed_sessions GROUP BY 1"
