@@ -118,8 +118,10 @@ class JournalLockedError(ConfigError):
 
 
 class Unreachable(CollectorError, OSError):
-    """A service did not answer. An OSError still, so whoever retries network trouble retries this;
-    a command gives up with its message, one line that names what did not answer (no secret in it)."""
+    """A service did not answer; the message is one line naming it (no secret in it).
+
+    An OSError still, so whoever retries network trouble retries this; a command gives up with it.
+    """
 
 
 class DatabaseUnreachable(Unreachable):
