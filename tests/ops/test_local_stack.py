@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.support.db import Server, connection
+from tests.support.db import Server, connection, query
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 
@@ -38,7 +39,7 @@ class Terminal:
     """A program on a pseudo-terminal of its own (``setsid -c``: its controlling terminal)."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.master, slave = os.openpty()
+        self._master, slave = os.openpty()
         try:
             self.proc = subprocess.Popen(
                 ["setsid", "-c", *argv], stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT
@@ -46,18 +47,26 @@ class Terminal:
         finally:
             os.close(slave)
         self._out = bytearray()
+        self._hang_up = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:  # EIO: every process holding the terminal has closed it
-                return
-            if not data:
-                return
-            self._out.extend(data)
+        # The reader owns the terminal's master side and closes it: a close from another
+        # thread would wait for a blocked read to return before the terminal hangs up.
+        try:
+            while not self._hang_up.is_set():
+                if not select.select([self._master], [], [], 0.1)[0]:
+                    continue
+                try:
+                    data = os.read(self._master, 65536)
+                except OSError:  # EIO: every process holding the terminal has closed it
+                    return
+                if not data:
+                    return
+                self._out.extend(data)
+        finally:
+            os.close(self._master)
 
     @property
     def screen(self) -> str:
@@ -65,13 +74,19 @@ class Terminal:
 
     def interrupt(self) -> None:
         """Type the terminal's interrupt character (Ctrl-C unless someone changed it)."""
-        os.write(self.master, termios.tcgetattr(self.master)[6][termios.VINTR])
+        os.write(self._master, termios.tcgetattr(self._master)[6][termios.VINTR])
 
     def wait(self, timeout_s: float) -> int:
-        try:
-            return self.proc.wait(timeout_s)
-        finally:
-            self._reader.join(5)
+        """The program's exit status, once it and everything holding the terminal ended (all is read)."""
+        rc = self.proc.wait(timeout_s)
+        self._reader.join(5)
+        return rc
+
+    def hang_up(self) -> None:
+        """Close the terminal, as a closed SSH session does: the kernel sends SIGHUP to its session."""
+        self._hang_up.set()
+        self._reader.join(10)
+        assert not self._reader.is_alive()
 
     def close(self) -> None:
         """End whatever still runs: the program and everything it started, wherever it went."""
@@ -86,7 +101,7 @@ class Terminal:
                 deadline = time.monotonic() + 15
                 while any(alive(pid) for pid in left) and time.monotonic() < deadline:
                     time.sleep(0.2)
-        os.close(self.master)
+        self.hang_up()
 
 
 def descendants(pid: int) -> set[int]:
@@ -187,20 +202,7 @@ def test_local_stack_streams_and_ctrl_c_drains_it(tsdb: Server, tmp_path: Path) 
         # One stop request reached the collector, and it drained: the run's sessions are stored.
         assert screen.count("signal received: stopping") == 1 and "exiting now" not in screen, screen[-3000:]
         assert "shutdown complete: everything read is committed" in screen, screen[-3000:]
-
-        async def sessions() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(dsn)
-            try:
-                return await conn.fetch(
-                    "SELECT connection, disconnected_at FROM feed_sessions WHERE connected_at >= to_timestamp($1)",
-                    started,
-                )
-            finally:
-                await conn.close()
-
-        rows = asyncio.run(sessions())
-        assert sorted(r["connection"] for r in rows) == [0, 1], rows
-        assert all(r["disconnected_at"] is not None for r in rows)
+        assert_sessions_stored(dsn, started)
         # Nothing left running, and no <defunct> child nobody reaps.
         time.sleep(0.5)
         assert not [pid for pid in processes if alive(pid)], screen[-3000:]
@@ -209,12 +211,61 @@ def test_local_stack_streams_and_ctrl_c_drains_it(tsdb: Server, tmp_path: Path) 
         assert f"data in 127.0.0.1:{urllib.parse.urlsplit(dsn).port}/{db}" in screen
     finally:
         term.close()
+        asyncio.run(drop(tsdb, db))
 
-        async def drop() -> None:
-            async with connection(tsdb.dsn) as conn:
-                await conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
-        asyncio.run(drop())
+def test_a_closed_terminal_stops_local_stack_as_ctrl_c_does(single_tsdb: Server, tmp_path: Path) -> None:
+    """A closed SSH session: the terminal hangs up and the kernel sends SIGHUP to its session."""
+    db = "t_stack_" + uuid.uuid4().hex[:8]
+    env = stack_env(tmp_path, LOCAL_STACK_FLAVOUR=single_tsdb.flavour, LOCAL_STACK_DB=db)
+    metrics = f"http://127.0.0.1:{env['COLLECTOR_METRICS_PORT']}/metrics"
+    started = time.time()
+    term = Terminal([str(SCRIPT)], env)
+    try:
+        deadline = time.monotonic() + 180
+        while feeds_connected(metrics) < 2:
+            assert term.proc.poll() is None, term.screen[-3000:]
+            assert time.monotonic() < deadline, term.screen[-3000:]
+            time.sleep(0.5)
+        processes = descendants(term.proc.pid)
+        term.hang_up()
+        assert term.wait(60) == 129, term.screen[-3000:]
+        assert_sessions_stored(single_tsdb.database(db), started)
+        time.sleep(0.5)
+        assert not [pid for pid in processes if alive(pid)], term.screen[-3000:]
+    finally:
+        term.close()
+        asyncio.run(drop(single_tsdb, db))
+
+
+def feeds_connected(metrics_url: str) -> float:
+    try:
+        body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    except OSError:
+        return 0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("collector_feed_connected{")
+    )
+
+
+def assert_sessions_stored(dsn: str, since: float) -> None:
+    """The writers drained: each connection's session of this run, closed by the stop, is stored."""
+    rows = asyncio.run(
+        query(
+            dsn,
+            "SELECT connection, disconnected_at FROM feed_sessions WHERE connected_at >= to_timestamp($1)",
+            since,
+        )
+    )
+    assert sorted(r["connection"] for r in rows) == [0, 1], rows
+    assert all(r["disconnected_at"] is not None for r in rows)
+
+
+async def drop(server: Server, db: str) -> None:
+    async with connection(server.dsn) as conn:
+        await conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 @pytest.mark.parametrize("name", ["PROMETHEUS_PORT", "COLLECTOR_METRICS_PORT", "SIMULATOR_PORT"])
