@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, values
+from prometheus_client.metrics_core import Metric
 
 __all__ = ["mark_dead", "serving_registry", "use_multiprocess"]
 
 _MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A metrics file starts with its used size (8 bytes, prometheus_client's mmap_dict): an empty one is being made.
+_HEADER_BYTES = 8
 
 
 def use_multiprocess(directory: Path, *, clean: bool = False) -> None:
@@ -35,11 +39,42 @@ def use_multiprocess(directory: Path, *, clean: bool = False) -> None:
 
 def serving_registry(directory: Path) -> CollectorRegistry:
     """The registry ``/metrics`` serves: every process's files, merged."""
-    from prometheus_client import multiprocess
-
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    registry.register(_ReadyFiles(directory))
     return registry
+
+
+class _ReadyFiles:
+    """prometheus_client's multiprocess merge, over the files that can be read right now.
+
+    A process starting creates its file empty and sizes it a moment later, and
+    the supervisor deletes the gauge file of a child that exited: the library
+    reads every file it listed, and either made the whole scrape fail (HTTP 500,
+    ``up`` 0: a child's start alone made CollectorDown pending).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        for _ in range(3):
+            try:
+                return MultiProcessCollector.merge(self._ready(), accumulate=True)  # type: ignore[no-untyped-call, no-any-return]
+            except FileNotFoundError:  # deleted between listing and reading: list again
+                continue
+        return MultiProcessCollector.merge(self._ready(), accumulate=True)  # type: ignore[no-untyped-call, no-any-return]
+
+    def _ready(self) -> list[str]:
+        ready = []
+        for path in self._directory.glob("*.db"):
+            try:
+                if path.stat().st_size >= _HEADER_BYTES:
+                    ready.append(str(path))
+            except FileNotFoundError:
+                continue
+        return ready
 
 
 def mark_dead(pid: int, directory: Path) -> None:
