@@ -51,11 +51,8 @@ async def test_streams_and_stops_on_a_signal_with_everything_read_committed(
     assert totals["sent"] > 2000
     assert not any(Path(f"/proc/{pid}").exists() for pid in children.values())
     # The writers drained: each connection's session, closed by the stop, is stored.
-    conn = await asyncpg.connect(migrated)
-    try:
+    async with connection(migrated) as conn:
         sessions = await conn.fetch("SELECT connection, disconnected_at FROM feed_sessions")
-    finally:
-        await conn.close()
     assert sorted(row["connection"] for row in sessions) == [0, 1]
     assert all(row["disconnected_at"] is not None for row in sessions)
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-from tests.grafana_model import model_problems
+from tests.support.grafana_model import model_problems
+from tests.support.paths import ROOT
 
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 
