@@ -503,13 +503,13 @@ def test_a_restart_reports_the_sync_that_loaded_the_master_in_force(migrated: st
     loaded = datetime(2026, 1, 2, 0, 45, tzinfo=UTC)  # not "now": the time the master in force was loaded
     fetch(migrated, "UPDATE instrument_masters SET loaded_at = $1", loaded)
     proc, port, log = start_run(migrated, tmp_path, str(tmp_path / "unused.json.gz"))
-    name = 'collector_job_last_success_timestamp_seconds{task="instrument_sync"}'
     try:
         deadline = time.monotonic() + 30
-        while (m := scrape(port)).get('collector_universe_keys{mode="ltpc"}', 0) == 0:
+        while total(m := metrics(port), "collector_universe_keys", mode="ltpc") == 0:
             assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-2000:]
             time.sleep(0.2)
-        assert m[name] == loaded.timestamp()
+        last_success = total(m, "collector_job_last_success_timestamp_seconds", task="instrument_sync")
+        assert last_success == loaded.timestamp()
     finally:
         assert stop(proc) == 0, log.read_text()[-2000:]
 
