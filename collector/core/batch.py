@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from collector.core.records import Bar, FeedSession, Gap, StatusChange, Tick
+from collector.core.records import BarRow, FeedSession, Gap, StatusChange
 
 __all__ = ["Batch", "Batcher"]
 
@@ -29,8 +29,9 @@ class Batch:
     """A unit written in one transaction: the rows read from ``journal`` between
     positions ``start`` and ``end``, and the sequencer ``state`` at ``end``."""
 
-    ticks: list[Tick] = field(default_factory=list)
-    bars: list[Bar] = field(default_factory=list)
+    ticks: list[bytes] = field(default_factory=list)  # rows of ``ticks`` (binary COPY, collector.pgcopy)
+    oldest_tick_us: int | None = None  # the earliest tick time, us since the Unix epoch
+    bars: list[bytes] = field(default_factory=list)  # rows of ``exchange_bars`` (binary COPY)
     statuses: list[StatusChange] = field(default_factory=list)
     sessions: list[FeedSession] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
@@ -58,8 +59,9 @@ class Batcher:
         self.max_batch_rows = max_batch_rows
         self.flush_interval_s = flush_interval_s
         self.grow_factor = grow_factor
-        self._ticks: list[Tick] = []
-        self._bars: dict[tuple[str, str, object], Bar] = {}
+        self._ticks: list[bytes] = []
+        self._oldest_tick_us: int | None = None
+        self._bars: dict[tuple[str, str, int], bytes] = {}
         self._statuses: list[StatusChange] = []
         self._sessions: list[FeedSession] = []
         self._gaps: list[Gap] = []
@@ -75,21 +77,25 @@ class Batcher:
     def add(
         self,
         now: float,
-        ticks: Sequence[Tick] = (),
-        bars: Sequence[Bar] = (),
+        ticks: Sequence[bytes] = (),
+        bars: Sequence[BarRow] = (),
         statuses: Sequence[StatusChange] = (),
         sessions: Sequence[FeedSession] = (),
         gaps: Sequence[Gap] = (),
         rejects: Sequence[tuple[str, str, str]] = (),
+        oldest_tick_us: int | None = None,
     ) -> None:
-        """Add records received at monotonic time ``now``."""
+        """Add records received at monotonic time ``now``; ``oldest_tick_us`` is the earliest of ``ticks``."""
         if not (ticks or bars or statuses or sessions or gaps or rejects):
             return
         if self._opened_at is None:
             self._opened_at = now
         self._ticks.extend(ticks)
-        for bar in bars:
-            self._bars[(bar.instrument_key, bar.interval, bar.bar_start)] = bar
+        if oldest_tick_us is not None and (
+            self._oldest_tick_us is None or oldest_tick_us < self._oldest_tick_us
+        ):
+            self._oldest_tick_us = oldest_tick_us
+        self._bars.update(bars)  # (bar, row) pairs: a later version replaces an earlier one
         self._statuses.extend(statuses)
         self._sessions.extend(sessions)
         self._gaps.extend(gaps)
@@ -121,6 +127,7 @@ class Batcher:
             return None
         batch = Batch(
             ticks=self._ticks,
+            oldest_tick_us=self._oldest_tick_us,
             bars=list(self._bars.values()),
             statuses=self._statuses,
             sessions=self._sessions,
@@ -129,6 +136,7 @@ class Batcher:
             opened_at=self._opened_at,
         )
         self._ticks = []
+        self._oldest_tick_us = None
         self._bars = {}
         self._statuses = []
         self._sessions = []

@@ -59,6 +59,25 @@ class Tick(NamedTuple):
 TICK_COLUMNS: tuple[str, ...] = Tick._fields
 
 
+class TickRow(NamedTuple):
+    """A tick as the writer handles it: what the sequencer needs, and the row's bytes.
+
+    ``head`` and ``tail`` are the tick's row of ``ticks`` in the binary COPY
+    format (:mod:`collector.core.pgcopy`), before and after the ``volume`` column,
+    which the sequencer fills in.
+    """
+
+    instrument_key: str
+    kind: str
+    time_us: int  # microseconds since the Unix epoch
+    ltp: float
+    vtt: int | None
+    ltq: int | None
+    snapshot: bool
+    head: bytes
+    tail: bytes
+
+
 class Bar(NamedTuple):
     """An OHLC bar computed by the exchange (``I1``, ``I30``, ``1d``)."""
 
@@ -71,6 +90,17 @@ class Bar(NamedTuple):
     close: float
     volume: int
     updated_at: datetime
+
+
+BAR_COLUMNS: tuple[str, ...] = Bar._fields
+
+
+class BarRow(NamedTuple):
+    """A bar as the writer handles it: which bar it is, and its row of ``exchange_bars``
+    in the binary COPY format (:mod:`collector.core.pgcopy`)."""
+
+    bar: tuple[str, str, int]  # instrument key, interval, bar start (epoch ms)
+    row: bytes
 
 
 class StatusChange(NamedTuple):

@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from collector.core.batch import Batch
-from collector.core.records import TICK_COLUMNS
+from collector.core.pgcopy import BAR_TYPES, HEADER, TRAILER, decode_row, tick_from_row
+from collector.core.records import BAR_COLUMNS, TICK_COLUMNS, Bar
+from collector.core.times import EPOCH
 from collector.db.connect import DATA_ERRORS
 from collector.exceptions import PositionConflict
 from collector.metrics import Table, WriterMetrics
@@ -38,10 +40,18 @@ SET position = $3, state = $4, dirty_since = least(dirty_since, $5), updated_at 
 WHERE journal = $1 AND position = $2
 RETURNING true
 """
-_BARS_SQL = """
+# Bars are upserted from a session's temporary table filled by binary COPY: asyncpg's
+# encoding of the nine unnest() arrays checked every element against an ABC, and
+# was half of the client's work per batch (0.75 of 1.64 ms for 150 bars).
+_BARS_STAGE = "exchange_bars_in"
+_BARS_STAGE_SQL = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {_BARS_STAGE}
+(LIKE exchange_bars INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+"""
+_BARS_SQL = f"""
+WITH staged AS (DELETE FROM {_BARS_STAGE} RETURNING *)
 INSERT INTO exchange_bars AS b (instrument_key, interval, bar_start, open, high, low, close, volume, updated_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::float8[],
-                     $6::float8[], $7::float8[], $8::int8[], $9::timestamptz[])
+SELECT instrument_key, interval, bar_start, open, high, low, close, volume, updated_at FROM staged
 ON CONFLICT (instrument_key, interval, bar_start) DO UPDATE
 SET open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
     volume = excluded.volume, updated_at = excluded.updated_at
@@ -82,6 +92,30 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+_CHUNK_BYTES = 1 << 20
+
+
+async def _chunks(rows: Sequence[bytes]) -> AsyncIterator[bytes]:
+    """A binary COPY stream of ``rows`` in pieces of about a megabyte."""
+    chunk = [HEADER]
+    size = 0
+    for row in rows:
+        chunk.append(row)
+        size += len(row)
+        if size >= _CHUNK_BYTES:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+    chunk.append(TRAILER)
+    yield b"".join(chunk)
+
+
+def _record(table: str, row: Any) -> Any:
+    """A row as a named tuple (tick and bar rows are binary COPY bytes)."""
+    if not isinstance(row, bytes):
+        return row
+    return tick_from_row(row) if table == "ticks" else Bar._make(decode_row(BAR_TYPES, row))
+
+
 class BatchStore:
     """Commits batches with COPY and upserts; one instance per writer."""
 
@@ -92,7 +126,12 @@ class BatchStore:
     async def load(
         conn: asyncpg.Connection, journal: str, connection: int, oldest: int
     ) -> tuple[int, bytes | None]:
-        """The committed (position, state) of ``journal``; registers it at ``oldest`` if new."""
+        """The committed (position, state) of ``journal``; registers it at ``oldest`` if new.
+
+        Called at the start of each database session: it also makes the session's
+        staging table for bars.
+        """
+        await conn.execute(_BARS_STAGE_SQL)
         row = await conn.fetchrow("SELECT position, state FROM journal_positions WHERE journal = $1", journal)
         if row is not None:
             return int(row["position"]), row["state"]
@@ -119,7 +158,9 @@ class BatchStore:
     async def _transaction(self, conn: asyncpg.Connection, batch: Batch, *, salvage: bool) -> None:
         written: dict[Table, int] = {}
         dead_total = 0
-        first_time = min((t.time for t in batch.ticks), default=None)
+        first_time = (
+            None if batch.oldest_tick_us is None else EPOCH + timedelta(microseconds=batch.oldest_tick_us)
+        )
         async with conn.transaction():
             moved = await conn.fetchval(
                 _ADVANCE_SQL, batch.journal, batch.start, batch.end, batch.state or None, first_time
@@ -157,11 +198,15 @@ class BatchStore:
         if dead_total:
             self._metrics.dead_letters.inc(dead_total)
 
-    async def _copy_ticks(self, conn: asyncpg.Connection, rows: Sequence[Any]) -> None:
-        await conn.copy_records_to_table("ticks", records=rows, columns=TICK_COLUMNS)
+    async def _copy_ticks(self, conn: asyncpg.Connection, rows: Sequence[bytes]) -> None:
+        # The rows are binary COPY already (collector.pgcopy): sent in chunks, so
+        # a batch is never copied whole into one more buffer.
+        await conn.copy_to_table("ticks", source=_chunks(rows), columns=TICK_COLUMNS, format="binary")
 
     async def _upsert_bars(self, conn: asyncpg.Connection, rows: Sequence[Any]) -> None:
-        await self._columns(conn, _BARS_SQL, rows)
+        stream = b"".join((HEADER, *rows, TRAILER))
+        await conn.copy_to_table(_BARS_STAGE, source=memoryview(stream), columns=BAR_COLUMNS, format="binary")
+        await conn.execute(_BARS_SQL)  # empties the stage too
 
     @staticmethod
     async def _columns(conn: asyncpg.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -196,7 +241,7 @@ class BatchStore:
             (
                 table,
                 reason[:1000],
-                json.dumps({k: _jsonable(v) for k, v in row._asdict().items()}),
+                json.dumps({k: _jsonable(v) for k, v in _record(table, row)._asdict().items()}),
                 batch.journal,
                 batch.start,
             )

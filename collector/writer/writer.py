@@ -34,7 +34,7 @@ import asyncpg
 
 from collector.core.backoff import full_jitter
 from collector.core.batch import Batch, Batcher
-from collector.core.decode import decode_frame
+from collector.core.decode import decode_rows
 from collector.core.market import MarketState
 from collector.core.records import Gap, StatusChange
 from collector.core.sequencer import TickSequencer
@@ -194,7 +194,7 @@ class Writer:
                     batch = batcher.seal() or Batch()
                     batch.journal, batch.start, batch.end = self.journal, start, end
                     batch.first_received_ns = first_ns
-                    batch.state = json.dumps({"ticks": sequencer.dump(), "market": market.status}).encode()
+                    batch.state = f'{{"ticks": {sequencer.dump_json()}, "market": {json.dumps(market.status)}}}'.encode()
                     inflight = asyncio.create_task(self._store.write(conn, batch))
                     start, first_ns = end, 0
                 if records:
@@ -303,10 +303,11 @@ class Writer:
         m = self._metrics
         for rec in records:
             if rec.kind == FRAME:
-                received_at = EPOCH + timedelta(microseconds=rec.time_ns // 1000)
+                received_us = rec.time_ns // 1000
                 try:
-                    frame = decode_frame(rec.payload, received_at)
+                    frame = decode_rows(rec.payload, received_us)
                 except DecodeError as exc:
+                    received_at = EPOCH + timedelta(microseconds=received_us)
                     m.decode_errors.labels(self._label).inc()
                     logger.warning(
                         "connection %s: undecodable frame at %d: %s", self.connection, rec.end, exc
@@ -316,14 +317,13 @@ class Writer:
                     batcher.add(now, rejects=[("frames", str(exc)[:1000], reject)])
                     continue
                 changed: list[StatusChange] = market.update(frame.statuses) if frame.statuses else []
+                rows: list[bytes] = []
+                oldest = None
                 if frame.ticks:
-                    ticks = sequencer.process(frame.ticks)
-                    for t in ticks:
-                        kinds[t.kind] += 1
-                    m.exchange_latency.observe(max((received_at - frame.feed_time).total_seconds(), 0.0))
-                else:
-                    ticks = []
-                batcher.add(now, ticks, frame.bars, changed)
+                    kinds.update(t.kind for t in frame.ticks)
+                    rows, oldest = sequencer.rows(frame.ticks)
+                    m.exchange_latency.observe(max(received_us - frame.feed_time_us, 0) / 1e6)
+                batcher.add(now, rows, frame.bars, changed, oldest_tick_us=oldest)
             elif rec.kind == EVENT:
                 try:
                     event = decode_event(rec.payload)
@@ -335,7 +335,11 @@ class Writer:
                 else:
                     batcher.add(now, sessions=[event])
             # TEXT records are server messages: counted and logged by the feed, kept in the journal.
+        if sequencer.duplicate_kinds:
+            kinds.subtract(sequencer.duplicate_kinds)
+            sequencer.duplicate_kinds.clear()
         for kind, n in kinds.items():
-            m.ticks.labels(kind).inc(n)
+            if n:
+                m.ticks.labels(kind).inc(n)
         if sequencer.duplicates != duplicates:
             m.duplicates.labels("snapshot").inc(sequencer.duplicates - duplicates)

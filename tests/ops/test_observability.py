@@ -184,12 +184,13 @@ async def add_dead_letter(dsn: str) -> None:
     store = BatchStore(WriterMetrics(CollectorRegistry()))
     async with connection(dsn) as conn:
         row = await conn.fetchrow("SELECT * FROM ticks LIMIT 1")
+        from collector.core.pgcopy import tick_row
         from collector.core.records import TICK_COLUMNS, Tick
 
         tick = Tick(*(row[c] for c in TICK_COLUMNS))._replace(instrument_key="NSE_EQ|\x00")
         journal = f"test-{uuid.uuid4()}"
         await store.load(conn, journal, 99, 0)
-        await store.write(conn, Batch(ticks=[tick], journal=journal, start=0, end=1))
+        await store.write(conn, Batch(ticks=[tick_row(tick)], journal=journal, start=0, end=1))
 
 
 def test_every_sql_panel_runs_and_shows_data(stack: Stack, tmp_path: Path) -> None:

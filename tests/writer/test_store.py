@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from collector.core.batch import Batch
 from collector.core.decode import decode_frame
-from collector.core.records import FeedSession, Gap, StatusChange
+from collector.core.pgcopy import tick_row
+from collector.core.records import FeedSession, Gap, StatusChange, Tick
 from collector.exceptions import PositionConflict
 from collector.metrics import WriterMetrics
 from collector.writer.store import BatchStore
@@ -17,16 +19,25 @@ from tests.support.db import connection
 from tests.support.metrics import sample
 from tests.support.pipeline import sim_frames
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-def ticks() -> list:  # type: ignore[type-arg]
+
+def ticks() -> list[Tick]:
     return decode_frame(sim_frames(1)[0], datetime.now(UTC)).ticks
+
+
+def tick_batch(ticks: list[Tick], **kwargs: Any) -> Batch:
+    """A batch of ``ticks`` as the writer makes one: rows in the binary COPY format."""
+    oldest = min(((t.time - EPOCH) // timedelta(microseconds=1) for t in ticks), default=None)
+    return Batch(ticks=[tick_row(t) for t in ticks], oldest_tick_us=oldest, **kwargs)
 
 
 async def test_a_batch_commits_once_whatever_the_retries(migrated: str) -> None:
     store = BatchStore(WriterMetrics(CollectorRegistry()))
     async with connection(migrated) as conn:
         assert await store.load(conn, "j1", 0, 0) == (0, None)
-        batch = Batch(ticks=ticks(), journal="j1", start=0, end=500, state=b'{"ticks": {}}')
+        sent = ticks()
+        batch = tick_batch(sent, journal="j1", start=0, end=500, state=b'{"ticks": {}}')
         await store.write(conn, batch)
         # A retry after an ambiguous failure: the journal is no longer at 0.
         with pytest.raises(PositionConflict):
@@ -36,15 +47,13 @@ async def test_a_batch_commits_once_whatever_the_retries(migrated: str) -> None:
         # The next batch goes on from where the first ended; the oldest tick marks candles dirty.
         await store.write(conn, Batch(journal="j1", start=500, end=600))
         assert await conn.fetchval("SELECT position FROM journal_positions WHERE journal = 'j1'") == 600
-        assert await conn.fetchval("SELECT dirty_since FROM journal_positions") == min(
-            t.time for t in batch.ticks
-        )
+        assert await conn.fetchval("SELECT dirty_since FROM journal_positions") == min(t.time for t in sent)
 
 
 async def test_every_kind_of_row_is_stored_in_one_transaction(migrated: str) -> None:
     now = datetime.now(UTC)
-    batch = Batch(
-        ticks=ticks(),
+    batch = tick_batch(
+        ticks(),
         statuses=[StatusChange("NSE_FO", "normal", "NORMAL_OPEN", now, now)],
         sessions=[FeedSession(0, now, now, "code 1006")],
         gaps=[Gap(0, now, now, ["NSE_FO"], "reconnect", ["NSE_FO|1", "NSE_FO|2"])],
@@ -70,7 +79,7 @@ async def test_rejected_rows_go_to_dead_letters_and_the_rest_is_stored(migrated:
     store = BatchStore(WriterMetrics(registry))
     good = ticks()
     bad = good[0]._replace(instrument_key="NSE_EQ|bad\x00key")  # PostgreSQL text cannot hold NUL
-    batch = Batch(ticks=[*good[:7], bad, *good[7:]], journal="j", start=0, end=99)
+    batch = tick_batch([*good[:7], bad, *good[7:]], journal="j", start=0, end=99)
     async with connection(migrated) as conn:
         await store.load(conn, "j", 0, 0)
         await store.write(conn, batch)
