@@ -52,5 +52,9 @@ class WriterOptions:
     max_batch_rows: int
     flush_interval_s: float
     grow_factor: int = 10  # while a write is in flight, the next batch grows up to this many times
-    poll_interval_s: float = 0.01  # how often a caught-up writer looks at the journal again
+    # A caught-up writer sleeps until the feed rings the journal's doorbell
+    # (collector.journal.doorbell); it looks again after idle_check_s anyway (a
+    # safety net), or every poll_interval_s where the folder cannot hold the doorbell.
+    idle_check_s: float = 1.0
+    poll_interval_s: float = 0.01
     read_bytes: int = 512 * 1024  # journal bytes read at once

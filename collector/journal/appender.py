@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from collector.exceptions import JournalWriteError
+from collector.journal.doorbell import Doorbell
 from collector.journal.files import disk_bytes, journal_id, lock_file, segment_name, segments
 from collector.journal.format import encode_header
 from collector.options import JournalOptions
@@ -55,6 +56,7 @@ class JournalAppender:
         self.id = ""
         self._disk_bytes = 0
         self._disk_checked = 0.0
+        self._bell = Doorbell(directory)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -62,6 +64,7 @@ class JournalAppender:
         """Lock the journal and get ready to append after whatever is there."""
         self._lock_fd = lock_file(self.directory / "feed.lock", "journal")
         self.id = journal_id(self.directory)
+        self._bell.open()
         found = segments(self.directory)
         if found:
             last = found[-1]
@@ -77,6 +80,7 @@ class JournalAppender:
                     os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+        self._bell.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -147,6 +151,7 @@ class JournalAppender:
         self._disk_bytes += size
         self._dirty = True
         self._last_ns = now
+        self._bell.ring()  # the writer wakes (collector.doorbell)
         return now
 
     def _undo(self, fd: int) -> None:

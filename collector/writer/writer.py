@@ -41,6 +41,7 @@ from collector.core.sequencer import TickSequencer
 from collector.core.times import EPOCH, ist_day, ist_time
 from collector.db.connect import CONNECT_TIMEOUT_S, TRANSIENT_ERRORS
 from collector.exceptions import DecodeError, PositionConflict
+from collector.journal.doorbell import Doorbell
 from collector.journal.events import decode_event
 from collector.journal.files import journal_id
 from collector.journal.format import EVENT, FRAME, Record
@@ -84,6 +85,7 @@ class Writer:
         self._clock = clock
         self.journal = journal_id(directory)
         self._reader = JournalReader(directory)
+        self._bell = Doorbell(directory)
         self._conn: asyncpg.Connection | None = None
         self._db_up: bool | None = None
         self.committed = -1  # the committed position, once known
@@ -99,6 +101,7 @@ class Writer:
         """
         drain = drain or asyncio.Event()
         delays = self._backoff()
+        self._bell.open()
         try:
             while True:
                 try:
@@ -125,6 +128,7 @@ class Writer:
         finally:
             await self._drop_connection()
             self._reader.close()
+            self._bell.close()
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -173,11 +177,19 @@ class Writer:
         inflight: asyncio.Task[None] | None = None
         batch: Batch | None = None
         lag_published = 0.0
+        rechecked = False
+        closed = asyncio.Event()
+
+        def on_close(_: object) -> None:
+            closed.set()
+
+        conn.add_termination_listener(on_close)
         try:
             while True:
                 records = self._reader.read(opt.read_bytes)
                 self._report_skipped()
                 if records:
+                    rechecked = False
                     if not first_ns:
                         first_ns = records[0].time_ns
                     self._add(records, batcher, sequencer, market)
@@ -204,6 +216,13 @@ class Writer:
                         await asyncio.sleep(0)  # let the write in flight move
                     continue
                 # Caught up with the journal for now.
+                if not rechecked:
+                    # Forget the rings so far and look once more: whatever was
+                    # appended before this point is read now, after it rings again.
+                    self._bell.clear()
+                    rechecked = True
+                    continue
+                rechecked = False
                 idle = inflight is None and end == start
                 if now - lag_published >= 1.0:
                     self._publish_journal()
@@ -219,14 +238,41 @@ class Writer:
                     # Nothing to write, but the server ended the session (a restart, a
                     # terminate, a lost network): say so now, not at the next batch.
                     raise asyncpg.ConnectionDoesNotExistError("the database closed the connection")
-                waits: set[asyncio.Future[Any]] = set()
-                if inflight is not None:
-                    waits.add(inflight)
-                timeout = opt.poll_interval_s
-                if drain.is_set() and inflight is None and end > start:
-                    timeout = 0  # draining: no reason to linger
-                await asyncio.wait(waits, timeout=timeout) if waits else await asyncio.sleep(timeout)
+                # Sleep until something happens: the feed appends (the doorbell), the
+                # write in flight ends, the database closes the session, a drain is
+                # asked for, or the open batch is due (the one timer: time is its event).
+                timeout = opt.idle_check_s if self._bell.available else opt.poll_interval_s
+                listen = True
+                if inflight is None and end > start:
+                    due_in = opt.flush_interval_s - batcher.age(now) if len(batcher) else 0.0
+                    timeout = 0.0 if drain.is_set() else min(timeout, max(due_in, 0.0))
+                    # An open batch waits for its time, not for each frame: what comes
+                    # meanwhile is read once, when it is due (a wake per frame cost more
+                    # than the frame at low rates).
+                    listen = False
+                if timeout > 0:
+                    waits: set[asyncio.Future[Any]] = set()
+                    if idle:  # otherwise the write in flight, or the next one, meets a closed session
+                        waits.add(asyncio.ensure_future(closed.wait()))
+                    if listen:
+                        waits.add(asyncio.ensure_future(self._bell.wait()))
+                    if not drain.is_set():
+                        waits.add(asyncio.ensure_future(drain.wait()))
+                    if inflight is not None:
+                        waits.add(inflight)
+                    try:
+                        if waits:
+                            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                        else:
+                            await asyncio.sleep(timeout)
+                    finally:
+                        for w in waits:
+                            if w is not inflight:
+                                w.cancel()
+                else:
+                    await asyncio.sleep(0)
         finally:
+            conn.remove_termination_listener(on_close)
             if inflight is not None and not inflight.done():
                 # Abort the socket first: a cancelled asyncpg call can otherwise
                 # wait forever (MagicStack/asyncpg#873). Then wait, but bounded.

@@ -231,8 +231,11 @@ async def test_a_full_journal_disk_stops_reading_then_resumes(
 
 def immutable(folder: Path, on: bool) -> None:
     """chattr +i on the journal folders and their files: every write fails, open descriptors
-    included, even for root, as on a filesystem the kernel turned read-only."""
-    paths = [p for d in folder.iterdir() if d.is_dir() for p in (d, *d.iterdir())]
+    included, even for root, as on a filesystem the kernel turned read-only. (The doorbell, a
+    FIFO, takes no flags: its rings are not data, and go on.)"""
+    paths = [
+        p for d in folder.iterdir() if d.is_dir() for p in (d, *d.iterdir()) if p.is_dir() or p.is_file()
+    ]
     subprocess.run(["chattr", "+i" if on else "-i", *map(str, paths)], check=True)
 
 

@@ -88,7 +88,12 @@ def journal_frames(directory: Path, frames: Iterable[bytes], *, kind: int = FRAM
 
 
 def make_writer(
-    dsn: str | Connect, directory: Path, *, connection: int = 0, **options: Any
+    dsn: str | Connect,
+    directory: Path,
+    *,
+    connection: int = 0,
+    clock: Callable[[], float] = time.monotonic,
+    **options: Any,
 ) -> tuple[Writer, CollectorRegistry]:
     """A writer for the journal in ``directory`` with fast retries, and its metrics registry.
 
@@ -109,6 +114,7 @@ def make_writer(
         metrics=WriterMetrics(registry, connection=connection),
         options=writer_options(**options),
         backoff=lambda: iter(lambda: 0.05, None),
+        clock=clock,
     )
     return writer, registry
 

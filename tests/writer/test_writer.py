@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -117,6 +118,51 @@ async def test_an_idle_writer_notices_when_the_database_ends_its_session(
         await asyncio.gather(task, return_exceptions=True)
     total = n_ticks(frames)
     assert await counts(migrated) == (total, total)
+
+
+async def test_an_idle_writer_sleeps_until_the_journal_grows(migrated: str, tmp_path: Path) -> None:
+    """No polling: caught up, the writer waits for the doorbell, the database or a drain.
+
+    Its only timer here is an hour long, so whatever it does within seconds
+    was woken by an event; its clock (a seam it reads once a loop) counts how
+    often it looked at the journal meanwhile.
+    """
+    frames = sim_frames(6, seed=13)
+    journal_frames(tmp_path, frames[:3])
+    looks = 0
+
+    def clock() -> float:
+        nonlocal looks
+        looks += 1
+        return time.monotonic()
+
+    sessions: list[asyncpg.Connection] = []
+
+    async def connect() -> asyncpg.Connection:
+        sessions.append(await asyncpg.connect(migrated))
+        return sessions[-1]
+
+    writer, registry = make_writer(
+        connect, tmp_path, clock=clock, idle_check_s=3600.0, poll_interval_s=3600.0
+    )
+    task = asyncio.create_task(writer.run())
+    try:
+        await until(lambda: writer.caught_up.is_set(), 30, "the first frames committed")
+        before = looks
+        await asyncio.sleep(1.0)
+        assert looks - before <= 1  # the old loop looked 100 times a second
+        journal_frames(tmp_path, frames[3:])  # the appender rings the doorbell
+        total = n_ticks(frames)
+        deadline = time.monotonic() + 10
+        while await counts(migrated) != (total, total):
+            assert time.monotonic() < deadline, "the append never woke the writer"
+            await asyncio.sleep(0.05)
+        async with connection(migrated) as admin:
+            await admin.execute("SELECT pg_terminate_backend($1)", sessions[-1].get_server_pid())
+        await until(lambda: sample(registry, "collector_database_up") == 0, 10, "woken by the lost session")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_restarts_resume_at_the_committed_position(migrated: str, tmp_path: Path) -> None:
