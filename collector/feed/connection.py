@@ -4,8 +4,10 @@ Between two socket reads the connection does one thing: append the frame, with
 its receive time, to its journal (:class:`~collector.journal.appender.JournalAppender`).
 Decoding and storing happen in the writer process, so reading never waits on
 them. The one frame looked into here is ``market_info`` (rare, and found by
-its first two bytes): market state lives on the feed side, because liveness
-depends on it. Liveness comes from WebSocket ping/pong (websockets' keepalive,
+its first two bytes), and only its ``segmentStatus``, read straight from the
+wire (:func:`~collector.core.market.segment_status`): a feed process imports
+neither protobuf nor the database driver. Market state lives on the feed
+side, because liveness depends on it. Liveness comes from WebSocket ping/pong (websockets' keepalive,
 plus an immediate ping when the socket is silent while its segments are open),
 never from "no ticks for N seconds" alone: Upstox has no application
 heartbeat and a closed market is silent.
@@ -32,13 +34,11 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from collector.core.backoff import full_jitter
 from collector.core.calendar import Calendar
-from collector.core.decode import decode_frame
-from collector.core.market import MarketState
-from collector.core.records import FRAME_KINDS, MODES, FeedSession, Gap, Mode
+from collector.core.market import MarketState, segment_status
+from collector.core.records import FRAME_KINDS, MODES, FeedSession, Gap, Mode, StatusChange
 from collector.core.requests import Method, chunked, encode_request, plan_changes
 from collector.core.shards import Shard, segment_of
 from collector.exceptions import (
-    DecodeError,
     JournalWriteError,
     RateLimited,
     TokenRejected,
@@ -275,10 +275,12 @@ class FeedConnection:
 
     def _market_info(self, message: bytes) -> None:
         try:
-            frame = decode_frame(message, self._now())
-        except DecodeError:
+            statuses = segment_status(message)
+        except ValueError:
             return  # stored and counted by the writer
-        for s in self.market.update(frame.statuses):
+        now = self._now()
+        changes = [StatusChange(segment, "normal", status, now, now) for segment, status in statuses.items()]
+        for s in self.market.update(changes):
             self._metrics.set_market_status(s.segment, s.status, self.market.is_open(s.segment))
 
     # -- sessions, gaps and the journal bound -----------------------------------------

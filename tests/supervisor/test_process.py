@@ -40,6 +40,15 @@ async def test_streams_and_stops_on_a_signal_with_everything_read_committed(
             await c.until_rows()
             children = c.children()
             assert sorted(children) == ["feed 0", "feed 1", "writer 0", "writer 1"], children
+            # A feed process is lean: it loaded neither the database driver nor protobuf
+            # nor pydantic (their C extensions would be mapped); a writer loads both.
+            heavy = ("/asyncpg/", "/google/_upb/", "/pydantic_core/")
+            for who, pid in children.items():
+                loaded = {h for h in heavy if h in Path(f"/proc/{pid}/maps").read_text()}
+                if who.startswith("feed"):
+                    assert not loaded, (who, loaded)
+                else:
+                    assert {"/asyncpg/", "/google/_upb/"} <= loaded, (who, loaded)
             assert c.metric("collector_process_up") == 4
             assert c.metric("collector_feed_connected") == 2
             await c.settle(sim)
