@@ -51,7 +51,10 @@ class WriterOptions:
 
     max_batch_rows: int
     flush_interval_s: float
-    grow_factor: int = 10  # while a write is in flight, the next batch grows up to this many times
+    # While a write is in flight the next batch grows up to this many times max_batch_rows:
+    # large enough that COPY's fixed costs vanish, small enough that the two batches a
+    # writer holds (one in flight, one filling) stay within ~25 MiB of rows.
+    grow_factor: int = 4
     # A caught-up writer sleeps until the feed rings the journal's doorbell
     # (collector.journal.doorbell); it looks again after idle_check_s anyway (a
     # safety net), or every poll_interval_s where the folder cannot hold the doorbell.

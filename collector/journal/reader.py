@@ -67,6 +67,28 @@ class JournalReader:
         """Bytes of every segment still on disk."""
         return disk_bytes(self.directory)
 
+    def usage(self) -> tuple[int, int, int]:
+        """(end, bytes on disk, the position from which :meth:`release` can free a segment), from one listing.
+
+        A writer asks after every commit: one folder listing and a stat per
+        segment instead of one listing for each figure.
+        """
+        found = segments(self.directory)
+        self._segments = [base for base, _ in found]
+        total = end = 0
+        for base, path in found:
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            total += size
+            end = base + size
+        end = max(end, self.position)
+        # The oldest segment can go once the commit reaches the next one; with one
+        # segment, the next one starts at or after today's end.
+        releasable = self._segments[1] if len(self._segments) > 1 else end
+        return end, total, releasable
+
     def seek(self, position: int) -> int:
         """Read from ``position`` on; returns where reading really starts.
 

@@ -89,6 +89,7 @@ class Writer:
         self._conn: asyncpg.Connection | None = None
         self._db_up: bool | None = None
         self.committed = -1  # the committed position, once known
+        self._releasable = 0  # a commit at or past this position may free a segment
         self._skip_end = -1
         self.caught_up = asyncio.Event()  # set while everything on disk is committed
 
@@ -290,21 +291,25 @@ class Writer:
         if batch.first_received_ns:
             m.commit_latency.observe(max(time.time() - batch.first_received_ns / 1e9, 0.0))
         m.journal_committed.labels(self._label).set(batch.end)
-        m.journal_lag.labels(self._label).set(max(self._reader.end() - batch.end, 0))
-        freed = self._release()
-        if freed:
-            logger.debug("connection %s: %d journal bytes released", self.connection, freed)
+        self._release()
+        self._publish_journal()
 
     def _publish_journal(self) -> None:
-        """The journal's bytes on disk, and those not committed (once the committed position is known)."""
-        self._metrics.journal_bytes.labels(self._label).set(self._reader.disk_bytes())
-        if self.committed >= 0:
-            self._metrics.journal_lag.labels(self._label).set(max(self._reader.end() - self.committed, 0))
+        """The journal's bytes on disk, and those not committed (once the committed position is known).
 
-    def _release(self) -> int:
-        freed = self._reader.release(self.committed)
-        self._metrics.journal_bytes.labels(self._label).set(self._reader.disk_bytes())
-        return freed
+        One folder listing gives both, and the position from which a commit can next free a segment.
+        """
+        end, disk, self._releasable = self._reader.usage()
+        self._metrics.journal_bytes.labels(self._label).set(disk)
+        if self.committed >= 0:
+            self._metrics.journal_lag.labels(self._label).set(max(end - self.committed, 0))
+
+    def _release(self) -> None:
+        """Delete the segments wholly committed: tried only once the commit can have reached a newer one."""
+        if self.committed >= self._releasable:
+            freed = self._reader.release(self.committed)
+            if freed:
+                logger.debug("connection %s: %d journal bytes released", self.connection, freed)
 
     def _report_skipped(self) -> None:
         skipped, self._reader.skipped = self._reader.skipped, []
