@@ -15,6 +15,12 @@ Batches grow under load instead of waiting for a timer: while one batch is
 being written the next one keeps filling (up to ``max_batch_rows`` times
 ``grow_factor``), and it is handed over as soon as the write finishes. When
 idle, a batch waits at most ``flush_interval_s`` for company.
+
+A caught-up writer does not poll: it sleeps until the feed rings the
+journal's doorbell (:mod:`collector.journal.doorbell`), the write in flight
+ends, the database closes the session, a drain is asked for, or the open
+batch is due. The decoder hands it rows already in PostgreSQL's binary COPY
+format (:mod:`collector.core.pgcopy`), which the store streams as they are.
 """
 
 from __future__ import annotations
