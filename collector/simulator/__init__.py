@@ -2,5 +2,6 @@
 
 ``market`` generates instruments and prices (no I/O); ``candles`` answers the
 candle and holiday APIs from what the market traded; ``server`` serves it all
-on one port, with the feed socket's side in ``feed``.
+on one port through :mod:`collector.feedserver` (the protocol, shared with the replay), with
+what its sockets carry in ``feed``.
 """

@@ -1,71 +1,44 @@
-"""The simulator's feed socket: ``market_info`` first, snapshots after each request, then live frames.
+"""The simulator's feed: what its sockets carry, on :class:`~collector.feedserver.server.FeedServer`'s protocol.
 
-After each ``sub``/``change_mode`` a client gets an ``initial_feed`` snapshot
-of the keys it asked for (within Upstox's limits: ``limit_policy`` says what
-happens past them), then ``live_feed`` frames batching many instruments, at
-``rate`` ticks per second shared by all connections. Keys that no socket
-carries any more keep trading at the same pace (:meth:`FeedSide._trade_unwatched`),
-so the candles of a gap's minutes exist.
+A new socket gets ``market_info`` first; after each ``sub``/``change_mode`` an
+``initial_feed`` snapshot of the keys it took (within Upstox's limits:
+``limit_policy`` says what happens past them), then ``live_feed`` frames
+batching many instruments, at ``rate`` ticks per second shared by all
+connections. Keys that no socket carries any more keep trading at the same pace
+(:meth:`FeedSide._trade_unwatched`), so the candles of a gap's minutes exist.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
-from dataclasses import dataclass, field
-from typing import Literal
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-
-from collector.core.records import MODES, Mode
-from collector.core.shards import Limits, segment_of
+from collector.core.encode import market_info as market_info_frame
+from collector.core.records import Mode
+from collector.core.shards import segment_of
+from collector.feedserver.server import Client, FeedServer
 from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.simulator.candles import RestApi, holiday_closed
 from collector.simulator.market import SimMarket
 
-__all__ = ["Client", "FeedSide", "LimitPolicy"]
-
-LimitPolicy = Literal["error", "ignore", "close"]
+__all__ = ["FeedSide"]
 
 
-@dataclass(eq=False)
-class Client:
-    """One feed socket and what it subscribed."""
+class FeedSide(FeedServer):
+    """The feed half of :class:`~collector.simulator.server.Simulator`, which holds the state."""
 
-    ws: ServerConnection
-    number: int
-    subs: dict[str, Mode] = field(default_factory=dict)
-    stalled: bool = False
-    owed: float = 0.0
-
-
-class FeedSide:
-    """The feed socket's half of :class:`~collector.simulator.server.Simulator`, which holds the state."""
-
-    clients: list[Client]
     market: SimMarket
     api: RestApi
     segments: dict[str, int]
     rate: float
     frame_interval_s: float
-    limits: Limits
-    limit_policy: LimitPolicy
-    request_delay_s: float
-    connections_total: int
-    snapshots_sent: int
     traded: set[str]
     replay_states: int
     _replay: dict[tuple[str, str], tuple[list[bytes], list[int]]]
     _background_owed: float
 
     def _market_info(self) -> bytes:
-        msg = pb.FeedResponse(type=pb.market_info, currentTs=int(time.time() * 1000))
-        for segment in self.segments:
-            msg.marketInfo.segmentStatus[segment] = self._status(segment)  # type: ignore[assignment]
-        return msg.SerializeToString()
+        return market_info_frame(int(time.time() * 1000), {s: self._status(s) for s in self.segments})
 
     def _status(self, segment: str) -> int:
         """The segment's status: as set, but closed while its exchange has a holiday."""
@@ -108,81 +81,22 @@ class FeedSide:
                 for key in chosen:
                     self.market.tick(key, now_ms)
 
-    async def _handler(self, ws: ServerConnection) -> None:
-        self.connections_total += 1
-        client = Client(ws, self.connections_total)
-        self.clients.append(client)
-        streamer = asyncio.create_task(self._stream(client))
-        try:
-            await ws.send(self._market_info())
-            async for message in ws:
-                if self.request_delay_s:
-                    await asyncio.sleep(self.request_delay_s)
-                await self._request(client, message)
-        except ConnectionClosed:
-            pass
-        finally:
-            streamer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await streamer
-            self.clients.remove(client)
+    def greeting(self, client: Client) -> list[bytes]:
+        return [self._market_info()]
 
-    async def _request(self, client: Client, message: str | bytes) -> None:
-        try:
-            req = json.loads(message)
-            method = req["method"]
-            keys = list(req["data"]["instrumentKeys"])
-            mode = req["data"].get("mode", "ltpc")
-        except (ValueError, KeyError, TypeError):
-            await client.ws.send(json.dumps({"status": "failed", "error": "bad request"}))
-            return
-        if method == "unsub":
-            for key in keys:
-                client.subs.pop(key, None)
-            return
-        if method not in ("sub", "change_mode") or mode not in MODES:
-            await client.ws.send(json.dumps({"status": "failed", "error": f"bad method or mode {mode}"}))
-            return
-        known = [k for k in keys if k in self.market.instruments]
-        if method == "change_mode":
-            known = [k for k in known if k in client.subs]
-        accepted = self._within_limits(client, known, mode)
-        self.traded.update(accepted)
-        if len(accepted) < len(known):
-            if self.limit_policy == "close":
-                await client.ws.close(1008, "subscription limit exceeded")
-                return
-            if self.limit_policy == "error":
-                err = {"status": "failed", "method": method, "error": "subscription limit exceeded"}
-                await client.ws.send(json.dumps(err))
-        for key in accepted:
-            client.subs[key] = mode
-        await self._snapshot(client, accepted)
+    def known(self, keys: list[str]) -> list[str]:
+        return [k for k in keys if k in self.market.instruments]
 
-    def _within_limits(self, client: Client, keys: list[str], mode: Mode) -> list[str]:
-        counts = dict.fromkeys(MODES, 0)
-        for key, m in client.subs.items():
-            if key not in keys:
-                counts[m] += 1
-        accepted = []
-        for key in keys:
-            counts[mode] += 1
-            if not self.limits.fits(counts):
-                counts[mode] -= 1
-                continue
-            accepted.append(key)
-        return accepted
+    def subscribed(self, client: Client, keys: list[str], mode: Mode) -> None:
+        self.traded.update(keys)
 
-    async def _snapshot(self, client: Client, keys: list[str]) -> None:
-        if not keys:
-            return
+    def snapshot(self, client: Client, keys: list[str]) -> bytes | None:
         msg = pb.FeedResponse(currentTs=int(time.time() * 1000))  # initial_feed: type omitted
         for key in keys:
             self.market.fill(msg.feeds[key], self.market.instruments[key], client.subs[key])
-        await client.ws.send(msg.SerializeToString())
-        self.snapshots_sent += len(keys)
+        return msg.SerializeToString()
 
-    async def _stream(self, client: Client) -> None:
+    async def stream(self, client: Client) -> None:
         last = time.monotonic()
         while True:
             await asyncio.sleep(self.frame_interval_s)
@@ -204,8 +118,12 @@ class FeedSide:
                 continue
             await self._send_live(client, keys, n)
 
-    def _replayed(self, key: str, mode: Mode, now_ms: int) -> bytes:
-        """The next pre-serialized state of ``key`` in ``mode``: one ``feeds`` map entry."""
+    def _entry(self, key: str, mode: Mode, now_ms: int) -> bytes:
+        """One ``feeds`` map entry: the key's next trade, or (``replay_states``) its next pre-built state."""
+        if not self.replay_states:
+            msg = pb.FeedResponse()
+            self.market.fill(msg.feeds[key], self.market.tick(key, now_ms), mode)
+            return msg.SerializeToString()
         ring = self._replay.get((key, mode))
         if ring is None:
             entries = []
@@ -221,33 +139,12 @@ class FeedSide:
     async def _send_live(self, client: Client, keys: list[str], n: int) -> None:
         rng = self.market.rng
         now_ms = int(time.time() * 1000)
-        if self.replay_states:
-            head = pb.FeedResponse(type=pb.live_feed).SerializeToString()
-            tail = pb.FeedResponse(currentTs=now_ms).SerializeToString()
-            while n > 0:
-                chosen = rng.sample(keys, min(n, len(keys)))
-                n -= len(chosen)
-                frame = b"".join([head, *(self._replayed(k, client.subs[k], now_ms) for k in chosen), tail])
-                try:
-                    await client.ws.send(frame)
-                except ConnectionClosed:
-                    return
-                for key in chosen:
-                    self.market.instruments[key].sent += 1
-            return
         while n > 0:
             # A map holds each key once, so more ticks than keys take several frames.
             chosen = rng.sample(keys, min(n, len(keys)))
             n -= len(chosen)
-            msg = pb.FeedResponse(type=pb.live_feed, currentTs=now_ms)
-            insts = []
-            for key in chosen:
-                inst = self.market.tick(key, now_ms)
-                self.market.fill(msg.feeds[key], inst, client.subs[key])
-                insts.append(inst)
-            try:
-                await client.ws.send(msg.SerializeToString())
-            except ConnectionClosed:
+            entries = [(key, self._entry(key, client.subs[key], now_ms)) for key in chosen]
+            if not await self.send_live(client, entries, now_ms):
                 return
-            for inst in insts:
-                inst.sent += 1
+            for key in chosen:
+                self.market.instruments[key].sent += 1

@@ -1,9 +1,10 @@
-"""The simulator's server: REST authorize, instrument master and the V3 feed socket.
+"""The simulator's server: a generated market over the V3 feed protocol, candles, holidays, a master.
 
-One port serves everything, over TLS when given an SSL context:
+One port serves everything, over TLS when given an SSL context. The feed
+protocol (authorize with its one-time URL, the direct path with its redirect,
+the socket and its subscriptions) is :class:`~collector.feedserver.server.FeedServer`'s;
+the simulator adds:
 
-- ``GET /v3/feed/market-data-feed/authorize`` checks the Bearer token and
-  returns a one-time ``wss``/``ws`` URL (``code`` valid for one connect);
 - ``GET /v3/historical-candle/intraday/{key}/minutes/1`` and
   ``GET /v3/historical-candle/{key}/minutes/1/{to_date}/{from_date}`` the
   1-minute candles of what the market traded (:mod:`.candles`);
@@ -12,10 +13,9 @@ One port serves everything, over TLS when given an SSL context:
 - ``GET /simulator/stats`` per-instrument counts for exact loss checks, and
   REST requests per API with the most seen in any 1 s / 60 s / 30 min window;
 - ``GET /simulator/fault?kind=...`` fault injection for a separate process;
-- the feed socket (:mod:`.feed`): ``market_info`` first, an ``initial_feed``
-  snapshot after each ``sub``/``change_mode``, then ``live_feed`` frames
-  batching many instruments, at ``rate`` ticks per second shared by all
-  connections.
+- the feed socket: ``market_info`` first, an ``initial_feed`` snapshot after
+  each ``sub``/``change_mode``, then ``live_feed`` frames batching many
+  instruments, at ``rate`` ticks per second shared by all connections.
 
 The market keeps trading every key that was ever subscribed while no socket
 carries it (after a drop, or while the collector is stopped), at the same
@@ -35,35 +35,29 @@ import math
 import os
 import ssl
 import time
-import uuid
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from collector.core.calendar import SEGMENTS
 from collector.core.shards import DEFAULT_LIMITS, Limits
+from collector.feedserver.server import FEED_PATH, LimitPolicy, Query
 from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.simulator.candles import CANDLE_PREFIX, HOLIDAYS_PATH, CandleFault, RestApi
-from collector.simulator.feed import Client, FeedSide, LimitPolicy
+from collector.simulator.feed import FeedSide
 from collector.simulator.market import SimMarket, generate_master
-from collector.supervisor.upstox import AUTHORIZE_PATH
 
 __all__ = ["FEED_PATH", "MASTER_PATH", "Simulator"]
 
 logger = logging.getLogger(__name__)
 
-FEED_PATH = "/v3/feed/market-data-feed/ws"
 MASTER_PATH = "/market-quote/instruments/exchange/complete.json.gz"
 
 
 class Simulator(FeedSide):
-    """A protocol-faithful Upstox V3 stand-in on loopback."""
+    """A protocol-faithful Upstox V3 stand-in on loopback: a generated market on the shared feed server."""
 
     def __init__(
         self,
@@ -85,16 +79,12 @@ class Simulator(FeedSide):
         candle_history_minutes: int = 1440,
         replay_states: int = 0,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.token = token
-        self.ssl_context = ssl_context
+        super().__init__(
+            host=host, port=port, token=token, ssl_context=ssl_context, max_connections=max_connections,
+            limits=limits, limit_policy=limit_policy, ping_interval_s=ping_interval_s,
+        )  # fmt: skip
         self.rate = rate
         self.frame_interval_s = frame_interval_s
-        self.max_connections = max_connections
-        self.limits = limits
-        self.limit_policy = limit_policy
-        self.ping_interval_s = ping_interval_s
         master = generate_master(stocks)
         self.master = [{k: v for k, v in row.items() if not k.startswith("_")} for row in master]
         self.market = SimMarket(master, seed=seed, start_ms=start_ms, history_minutes=candle_history_minutes)
@@ -102,12 +92,6 @@ class Simulator(FeedSide):
         # Candles and holidays (Upstox's list items: {"date", "closed_exchanges", ...}).
         self.api = RestApi(self.market, holidays or [])
         self.rest = self.api.log  # when each REST request arrived, per API
-        self.clients: list[Client] = []
-        self.codes: set[str] = set()
-        self.authorize_calls = 0
-        self.connections_total = 0
-        self.snapshots_sent = 0
-        self.request_delay_s = 0.0
         self._auth_faults: list[tuple[int, float | None]] = []  # (status, Retry-After)
         self._hang_handshakes = 0
         self._black_hole: asyncio.Server | None = None
@@ -122,24 +106,12 @@ class Simulator(FeedSide):
         self.traded: set[str] = set()  # every key ever subscribed: the market trades them
         self._background_owed = 0.0
         self._background: asyncio.Task[None] | None = None
-        self._server: Server | None = None
         self._master_gz = gzip.compress(json.dumps(self.master).encode())
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._server = await serve(
-            self._handler,
-            self.host,
-            self.port,
-            ssl=self.ssl_context,
-            process_request=self._process_request,
-            ping_interval=self.ping_interval_s,
-            max_size=1 << 20,
-            compression=None,
-        )
-        sock = next(iter(self._server.sockets))
-        self.port = sock.getsockname()[1]
+        await super().start()
         # Accepts connections and never says a word: a handshake that never completes.
         self._black_hole = await asyncio.start_server(
             lambda _reader, writer: self._swallowed.append(writer), self.host, 0
@@ -153,9 +125,7 @@ class Simulator(FeedSide):
             self._background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._background
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await super().close()
         if self._black_hole is not None:
             self._black_hole.close()
             for writer in self._swallowed:
@@ -168,12 +138,6 @@ class Simulator(FeedSide):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    @property
-    def url(self) -> str:
-        """Base URL of the REST API (``COLLECTOR_UPSTOX_API_URL``)."""
-        scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://{self.host}:{self.port}"
 
     # -- faults -----------------------------------------------------------------------
 
@@ -327,81 +291,43 @@ class Simulator(FeedSide):
 
     # -- HTTP -------------------------------------------------------------------------
 
-    @staticmethod
-    def _response(
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
-        extra: Mapping[str, str] | None = None,
-    ) -> Response:
-        headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
-        for name, value in (extra or {}).items():
-            headers[name] = value
-        return Response(status, HTTPStatus(status).phrase, headers, body)
-
-    def _json(self, status: int, payload: object, extra: Mapping[str, str] | None = None) -> Response:
-        return self._response(status, json.dumps(payload).encode(), extra=extra)
-
-    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        parts = urlsplit(request.path)
-        query = parse_qs(parts.query)
-        if parts.path == AUTHORIZE_PATH:
-            self.rest.record("authorize")
-            return self._authorize(request)
-        if parts.path.startswith(CANDLE_PREFIX):
+    async def route(self, request: Request, path: str, query: Query) -> Response | None:
+        if path.startswith(CANDLE_PREFIX):
             self.rest.record("candles")
-            return self._candles(request, parts.path)
-        if parts.path == HOLIDAYS_PATH or parts.path.startswith(HOLIDAYS_PATH + "/"):
+            return self._candles(request, path)
+        if path == HOLIDAYS_PATH or path.startswith(HOLIDAYS_PATH + "/"):
             self.rest.record("holidays")
-            return self._holidays(request, parts.path)
-        if parts.path == MASTER_PATH:
-            return self._response(200, self._master_gz, "application/gzip")
-        if parts.path == "/simulator/stats":
-            return self._json(200, self.stats())
-        if parts.path == "/simulator/fault":
+            return self._holidays(request, path)
+        if path == MASTER_PATH:
+            return self.response(200, self._master_gz, "application/gzip")
+        if path == "/simulator/stats":
+            return self.json(200, self.stats())
+        if path == "/simulator/fault":
             try:
-                return self._json(200, {"done": await self._fault(query)})
+                return self.json(200, {"done": await self._fault(query)})
             except (ValueError, KeyError) as exc:
-                return self._json(400, {"error": str(exc)})
-        if parts.path == FEED_PATH:
-            code = query.get("code", [""])[0]
-            if code not in self.codes:
-                return self._json(403, {"status": "error", "errors": [{"message": "invalid code"}]})
-            self.codes.discard(code)  # one-time
-            if len(self.clients) >= self.max_connections:
-                return self._json(403, {"status": "error", "errors": [{"message": "connection limit"}]})
-            return None  # proceed with the WebSocket handshake
-        return self._json(404, {"status": "error"})
+                return self.json(400, {"error": str(exc)})
+        return None
 
-    def _authorize(self, request: Request) -> Response:
-        self.authorize_calls += 1
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._json(401, {"status": "error", "errors": [{"errorCode": "UDAPI100050"}]})
-        if self._auth_faults:
+    def authorize(self, request: Request) -> Response:
+        self.rest.record("authorize")
+        if self._auth_faults and self.unauthorized(request) is None:
+            self.authorize_calls += 1
             status, after = self._auth_faults.pop(0)
-            response = self._json(status, {"status": "error"})
+            response = self.json(status, {"status": "error"})
             if after is not None:
                 response.headers["Retry-After"] = f"{after:g}"
             return response
-        code = str(uuid.uuid4())
-        scheme = "wss" if self.ssl_context else "ws"
-        port = self.port
+        return super().authorize(request)
+
+    def authorize_port(self) -> int:
         if self._hang_handshakes and self._black_hole is not None:
             self._hang_handshakes -= 1
-            port = self._black_hole.sockets[0].getsockname()[1]
-        uri = f"{scheme}://{self.host}:{port}{FEED_PATH}?requestId={uuid.uuid4()}&code={code}"
-        self.codes.add(code)
-        return self._json(
-            200, {"status": "success", "data": {"authorized_redirect_uri": uri, "authorizedRedirectUri": uri}}
-        )
-
-    def _unauthorized(self, request: Request) -> Response | None:
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._json(401, {"status": "error", "errors": [{"errorCode": "UDAPI100050"}]})
-        return None
+            return int(self._black_hole.sockets[0].getsockname()[1])
+        return self.port
 
     def _candles(self, request: Request, path: str) -> Response:
-        return self._unauthorized(request) or self._json(*self.api.candles(path, time.time()))
+        return self.unauthorized(request) or self.json(*self.api.candles(path, time.time()))
 
     def _holidays(self, request: Request, path: str) -> Response:
-        return self._unauthorized(request) or self._json(*self.api.holiday_list(path))
+        return self.unauthorized(request) or self.json(*self.api.holiday_list(path))
