@@ -1,4 +1,4 @@
-"""Command line: ``collector run | migrate | instruments sync | simulate``.
+"""Command line: ``collector run | migrate | instruments sync | simulate | replay | export``.
 
 Settings come from ``COLLECTOR_*`` environment variables (see the README).
 Exit status 2, with one line naming what failed, when a command cannot do its
@@ -27,7 +27,14 @@ from typing import NoReturn
 
 from collector.core.master import MasterRejected
 from collector.db.connect import TRANSIENT_ERRORS
-from collector.exceptions import CollectorError, ConfigError, DatabaseUnreachable, MasterUnreachable
+from collector.exceptions import (
+    CollectorError,
+    ConfigError,
+    DatabaseUnreachable,
+    MasterUnreachable,
+    UsageError,
+)
+from collector.replay import command as replay
 from collector.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -103,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sim.add_argument("--tls-cert", help="PEM certificate chain: serve https/wss")
     sim.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    replay.add_parser(sub)
     return p
 
 
@@ -212,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             from collector.supervisor.supervisor import run
 
             asyncio.run(_until_signalled(lambda stop: run(settings, stop=stop)))
+        elif args.command == "replay":
+            asyncio.run(_until_signalled(lambda stop: replay.replay(args, settings, stop)))
+    except UsageError as exc:
+        print(f"collector {args.command}: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"collector: configuration error: {exc}", file=sys.stderr)
         return 2

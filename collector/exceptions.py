@@ -5,6 +5,7 @@
     CollectorError
     ├── ConfigError                 a setting is wrong; exit with one clear line
     │   └── JournalLockedError      another process holds the journal folder
+    ├── UsageError                  a command's input is wrong (a span, a key, a port); exit 2, one line
     ├── DecodeError (ValueError)    a frame could not be decoded; counted, skipped
     ├── MigrationError              a migration failed or an applied file changed
     ├── UpstoxError                 a call to Upstox failed: the feed socket or a REST API
@@ -48,6 +49,10 @@ class ConfigError(CollectorError):
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"{setting}: {message}")
         self.setting = setting
+
+
+class UsageError(CollectorError):
+    """What a command was asked cannot be done as asked: the message says why, in one line."""
 
 
 class DecodeError(CollectorError, ValueError):

@@ -9,7 +9,8 @@ ourselves because it is the library's own mechanism, costs no messages, and a
 counter survives the crash of the process that incremented it (its file
 stays). Each process creates only the series it owns (:class:`FeedMetrics`,
 :class:`WriterMetrics`, :class:`SupervisorMetrics`); every gauge says how values of
-several processes combine (``multiprocess_mode``).
+several processes combine (``multiprocess_mode``). ``collector replay`` is one
+process with a registry of its own (:class:`ReplayMetrics`).
 
 Labels take values only from fixed sets: connection ids (0..connections-1),
 modes, tick kinds, segments, tables, reason classes, job names. Never an
@@ -40,6 +41,7 @@ __all__ = [
     "FeedMetrics",
     "Job",
     "Process",
+    "ReplayMetrics",
     "RestApi",
     "SupervisorMetrics",
     "Table",
@@ -67,6 +69,8 @@ MASTER_REJECTIONS = (*REJECT_REASONS, "held")
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 COPY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+# How late a replayed frame leaves against its schedule; 0.05 s is the tolerance docs/replay.md states.
+REPLAY_LATENESS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 MultiprocessMode = Literal["livemax", "livemin", "livesum", "max", "mostrecent", "livemostrecent"]
 
@@ -330,3 +334,42 @@ class SupervisorMetrics:
             for mode in MODES:
                 self.sub_requested.labels(c, mode)
                 self.sub_active.labels(c, mode)
+
+
+class ReplayMetrics:
+    """What ``collector replay`` exports: its clock, its clients, what it sent."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        f = _Factory(registry)
+        self.span_start = f.gauge(
+            "replay_span_start_timestamp_seconds", "Unix time the replayed span starts", mode="livemax"
+        )
+        self.span_end = f.gauge(
+            "replay_span_end_timestamp_seconds", "Unix time the replayed span ends (excluded)", mode="livemax"
+        )
+        self.position = f.gauge(
+            "replay_position_timestamp_seconds",
+            "The replay clock: the recorded time (received_at) replayed up to",
+            mode="livemax",
+        )
+        self.speed = f.gauge(
+            "replay_speed_ratio", "Recorded seconds replayed per second (+Inf: as fast as clients read)",
+            mode="livemax",
+        )  # fmt: skip
+        self.finished = f.gauge("replay_finished", "1 once the whole span has been sent", mode="livemax")
+        self.clients = f.gauge("replay_clients", "Sockets connected to the replay", mode="livemax")
+        self.frames = f.counter("replay_frames_sent_total", "Frames sent to clients, by kind", ("kind",))
+        self.feeds = f.counter(
+            "replay_feeds_sent_total", "Instrument updates (feeds entries) sent to clients"
+        )
+        self.fallbacks = f.counter(
+            "replay_mode_fallbacks_total",
+            "Keys subscribed in a richer mode than recorded, served in the recorded one",
+        )
+        self.lateness = f.histogram(
+            "replay_lateness_seconds",
+            "How long after its scheduled time a recorded frame left (speed N only)",
+            REPLAY_LATENESS_BUCKETS_S,
+        )
+        for kind in FRAME_KINDS:
+            self.frames.labels(kind)

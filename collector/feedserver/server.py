@@ -16,7 +16,7 @@ What the feed carries is the subclass's: the simulator generates a market
 (:mod:`collector.replay.server`). They fill in :meth:`FeedServer.greeting`,
 :meth:`~FeedServer.known`, :meth:`~FeedServer.snapshot` and
 :meth:`~FeedServer.stream`, add HTTP routes with :meth:`~FeedServer.route`, and
-send live frames through :meth:`~FeedServer.send_live`, which batches feed
+send frames through :meth:`~FeedServer.send_feeds`, which batches feed
 entries into frames (:func:`collector.core.encode.batches`).
 """
 
@@ -40,7 +40,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from collector.core.encode import batches, join
-from collector.core.records import MODES, Mode
+from collector.core.records import MODES, FrameKind, Mode
 from collector.core.shards import DEFAULT_LIMITS, Limits
 from collector.supervisor.upstox import AUTHORIZE_PATH
 
@@ -293,13 +293,20 @@ class FeedServer:
             accepted.append(key)
         return accepted
 
-    async def send_live(
-        self, client: Client, entries: Iterable[tuple[str, bytes]], current_ts_ms: int
-    ) -> bool:
-        """Send (key, feed entry) pairs as ``live_feed`` frames; False once the socket is gone."""
+    async def send_feeds(
+        self,
+        client: Client,
+        entries: Iterable[tuple[str, bytes]],
+        current_ts_ms: int,
+        kind: FrameKind = "live_feed",
+    ) -> int:
+        """Send (key, feed entry) pairs as frames of ``kind``; returns the frames sent,
+        -1 once the socket is gone."""
+        sent = 0
         for frame in batches(entries):
             try:
-                await client.ws.send(join("live_feed", current_ts_ms, frame))
+                await client.ws.send(join(kind, current_ts_ms, frame))
             except ConnectionClosed:
-                return False
-        return True
+                return -1
+            sent += 1
+        return sent

@@ -144,7 +144,7 @@ class FeedSide(FeedServer):
             chosen = rng.sample(keys, min(n, len(keys)))
             n -= len(chosen)
             entries = [(key, self._entry(key, client.subs[key], now_ms)) for key in chosen]
-            if not await self.send_live(client, entries, now_ms):
+            if await self.send_feeds(client, entries, now_ms) < 0:
                 return
             for key in chosen:
                 self.market.instruments[key].sent += 1
