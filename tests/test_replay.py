@@ -307,3 +307,166 @@ async def test_frames_leave_on_schedule(recorded: Recorded, tmp_path: Path, spee
     )
     # The stated tolerance: 95% of frames within 50 ms of their schedule (measured p95: 2-15 ms).
     assert p95 <= TOLERANCE_S, (p50, p95, p99, lateness[-10:])
+
+
+# -- the official SDK -------------------------------------------------------------------
+
+
+def sdk_streamer(base_url: str, token: str, universe: dict[str, list[str]]) -> Any:
+    """The official SDK's MarketDataStreamerV3, pointed at ``base_url`` (as docs/replay.md shows).
+
+    Its feeder hard-codes wss://api.upstox.com/v3/feed/market-data-feed (the
+    direct path, TLS verification off); the subclass changes that URL and
+    nothing else. It keeps each frame as the SDK's generated class decodes it.
+    """
+    import threading
+
+    import upstox_client
+    import websocket
+    from upstox_client.feeder.market_data_feeder_v3 import MarketDataFeederV3
+    from upstox_client.feeder.market_data_streamer_v3 import MarketDataStreamerV3
+
+    url = base_url.replace("http", "ws", 1) + "/v3/feed/market-data-feed"
+
+    class ReplayFeeder(MarketDataFeederV3):  # type: ignore[misc]
+        def connect(self) -> None:
+            if self.ws and self.ws.sock:
+                return
+            headers = {"Authorization": self.api_client.configuration.auth_settings()["OAUTH2"]["value"]}
+            self.ws = websocket.WebSocketApp(
+                url, header=headers, on_open=self.on_open, on_message=self.on_message,
+                on_error=self.on_error, on_close=self.on_close,
+            )  # fmt: skip
+            threading.Thread(target=self.ws.run_forever, daemon=True).start()
+
+    class ReplayStreamer(MarketDataStreamerV3):  # type: ignore[misc]
+        def __init__(self, api_client: Any) -> None:
+            super().__init__(api_client)
+            self.raw: list[Any] = []
+            for mode, keys in universe.items():
+                self.subscriptions[mode].update(keys)
+
+        def connect(self) -> None:
+            self.feeder = ReplayFeeder(
+                api_client=self.api_client, on_open=self.handle_open, on_message=self.handle_message,
+                on_error=self.handle_error, on_close=self.handle_close,
+            )  # fmt: skip
+            self.feeder.connect()
+
+        def handle_message(self, ws: Any, message: bytes) -> None:
+            self.raw.append(self.decode_protobuf(message))  # the SDK's own FeedResponse class
+            super().handle_message(ws, message)
+
+    configuration = upstox_client.Configuration()
+    configuration.access_token = token
+    return ReplayStreamer(upstox_client.ApiClient(configuration))
+
+
+def test_both_generated_schemas_live_in_one_process() -> None:
+    from upstox_client.feeder.proto import MarketDataFeedV3_pb2 as sdk
+
+    from collector.proto import MarketDataFeedV3_pb2 as ours
+
+    assert sdk.DESCRIPTOR.name == "MarketDataFeedV3.proto"
+    assert ours.DESCRIPTOR.name == "collector/proto/MarketDataFeedV3.proto"
+    assert sdk.FeedResponse.DESCRIPTOR.full_name != ours.FeedResponse.DESCRIPTOR.full_name
+    msg = ours.FeedResponse(type=ours.live_feed, currentTs=5)
+    msg.feeds["NSE_FO|1"].ltpc.ltq = 7
+    msg.feeds["NSE_FO|1"].ltpc.cp = 2.5
+    decoded = sdk.FeedResponse.FromString(msg.SerializeToString())
+    assert decoded.feeds["NSE_FO|1"].ltpc.ltq == 7 and decoded.feeds["NSE_FO|1"].ltpc.cp == 2.5
+
+
+def same_bars(key: str, ohlc: Any, bars: dict[tuple[str, str, datetime], asyncpg.Record]) -> int:
+    """Check each OHLC bar of a feed against ``exchange_bars``; returns how many."""
+    for bar in ohlc.ohlc:
+        kept = bars[(key, bar.interval, datetime.fromtimestamp(bar.ts / 1000, UTC))]
+        assert (bar.open, bar.high, bar.low, bar.close, bar.vol) == (
+            kept["open"], kept["high"], kept["low"], kept["close"], kept["volume"],
+        )  # fmt: skip
+    return len(ohlc.ohlc)
+
+
+@pytest.mark.limit(300)
+async def test_the_official_sdk_decodes_replayed_frames_to_what_the_database_holds(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    a = recorded.dsn
+    rows = await fetch(a, f"SELECT {', '.join(TICK_COLUMNS)} FROM ticks")
+    by_trade = {(r["instrument_key"], r["time"]): r for r in rows}
+    bars = {
+        (r["instrument_key"], r["interval"], r["bar_start"]): r
+        for r in await fetch(a, "SELECT * FROM exchange_bars")
+    }
+    with ReplayProcess(
+        tmp_path, a, "--from", iso(recorded.start), "--to", iso(recorded.end), "--speed", "max"
+    ) as replay:
+        await replay.listening()
+        streamer = sdk_streamer(replay.url, replay.token, recorded.universe)
+        dicts: list[dict[str, Any]] = []
+        streamer.on("message", dicts.append)
+        streamer.connect()
+        try:
+            status = await replay.until("finished", 240)
+            deadline = time.monotonic() + 60
+            while sum(len(f.feeds) for f in streamer.raw) < status["feeds_sent"]:
+                assert time.monotonic() < deadline, (len(streamer.raw), status)
+                await asyncio.sleep(0.2)
+        finally:
+            streamer.disconnect()
+        assert await replay.stop() == 0, replay.tail()
+    assert len(dicts) == len(streamer.raw)
+    seen = checked_bars = 0
+    for frame in streamer.raw:
+        at = datetime.fromtimestamp(frame.currentTs / 1000, UTC)
+        for key, feed in frame.feeds.items():
+            which = feed.WhichOneof("FeedUnion")
+            ltpc = {
+                "ltpc": feed.ltpc,
+                "firstLevelWithGreeks": feed.firstLevelWithGreeks.ltpc,
+                "fullFeed": feed.fullFeed.marketFF.ltpc
+                if feed.fullFeed.HasField("marketFF")
+                else feed.fullFeed.indexFF.ltpc,
+            }[which]
+            trade = datetime.fromtimestamp(ltpc.ltt / 1000, UTC)
+            row = by_trade[(key, trade)]
+            # Sent at its recorded time, or (initial_feed) a repeated state that carries bars.
+            assert row["feed_time"] == at or frame.type == 0, (key, at, dict(row))
+            assert (ltpc.ltp, trade, ltpc.ltq, ltpc.cp) == (row["ltp"], row["time"], row["ltq"], row["cp"])
+            if which == "firstLevelWithGreeks":
+                flg = feed.firstLevelWithGreeks
+                q, g = flg.firstDepth, flg.optionGreeks
+                assert (
+                    row["kind"] == "option_greeks" and MessageToDict(feed)["requestMode"] == "option_greeks"
+                )
+                assert (q.bidP, q.bidQ, q.askP, q.askQ) == (
+                    row["bid_price"], row["bid_qty"], row["ask_price"], row["ask_qty"],
+                )  # fmt: skip
+                assert (g.delta, g.theta, g.gamma, g.vega, g.rho, flg.vtt, flg.oi, flg.iv) == (
+                    row["delta"], row["theta"], row["gamma"], row["vega"], row["rho"], row["vtt"], row["oi"],
+                    row["iv"],
+                )  # fmt: skip
+            elif which == "fullFeed" and feed.fullFeed.HasField("marketFF"):
+                mff = feed.fullFeed.marketFF
+                quotes = mff.marketLevel.bidAskQuote
+                assert row["kind"] in ("full", "full_d30")
+                assert [q.bidP for q in quotes] == row["bid_prices"] and [q.askQ for q in quotes] == row[
+                    "ask_qtys"
+                ]
+                assert [q.bidQ for q in quotes] == row["bid_qtys"] and [q.askP for q in quotes] == row[
+                    "ask_prices"
+                ]
+                assert (mff.atp, mff.vtt, mff.oi, mff.iv, mff.tbq, mff.tsq) == (
+                    row["atp"], row["vtt"], row["oi"], row["iv"], row["tbq"], row["tsq"],
+                )  # fmt: skip
+                checked_bars += same_bars(key, mff.marketOHLC, bars)
+            elif which == "fullFeed":
+                assert row["kind"] == "index"
+                checked_bars += same_bars(key, feed.fullFeed.indexFF.marketOHLC, bars)
+            else:
+                assert row["kind"] == "ltpc"
+            seen += 1
+    assert seen == status["feeds_sent"] and seen >= len(rows)
+    assert checked_bars == len(bars)
