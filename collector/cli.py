@@ -34,6 +34,7 @@ from collector.exceptions import (
     MasterUnreachable,
     UsageError,
 )
+from collector.export import command as export
 from collector.replay import command as replay
 from collector.settings import Settings, load_settings
 
@@ -111,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--tls-cert", help="PEM certificate chain: serve https/wss")
     sim.add_argument("--tls-key", help="PEM private key for --tls-cert")
     replay.add_parser(sub)
+    export.add_parser(sub)
     return p
 
 
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_until_signalled(lambda stop: run(settings, stop=stop)))
         elif args.command == "replay":
             asyncio.run(_until_signalled(lambda stop: replay.replay(args, settings, stop)))
+        elif args.command == "export":
+            return asyncio.run(export.export(args, settings))
     except UsageError as exc:
         print(f"collector {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -18,17 +18,18 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from collector.core.span import day_bounds
 from collector.simulator.server import Simulator
 from tests.process import CollectorProcess, collector_env
 from tests.stack import free_port
 
-__all__ = ["Recorded", "ReplayProcess", "record", "universe_of"]
+__all__ = ["Recorded", "ReplayProcess", "record", "synthetic", "universe_of"]
 
 
 @dataclass(frozen=True)
@@ -169,3 +170,67 @@ class ReplayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+SYNTHETIC_SQL = """
+INSERT INTO ticks
+SELECT t, 'NSE_FO|' || (40000 + g % $4), k, g % 997 = 0, t, t + interval '2.5 ms', ltp,
+       CASE WHEN k = 'index' THEN 0 ELSE 25 * (1 + g % 7) END, ltp * 0.99,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 25 * (1 + g % 7) END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 1000 + g END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 5000.0 + g % 50 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 0.15 END,
+       CASE WHEN k IN ('full', 'full_d30') THEN ltp - 0.5 END,
+       CASE WHEN k IN ('full', 'full_d30') THEN 4000.0 END, CASE WHEN k IN ('full', 'full_d30') THEN 3800.0 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE ltp - 0.05 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 75 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE ltp + 0.05 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 50 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 0.5 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE -4.2 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 0.0012 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 11.5 END,
+       CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 2.1 END,
+       CASE WHEN g % 11 = 0 THEN ltp END,
+       CASE k WHEN 'full' THEN ARRAY[ltp - 0.05, ltp - 0.1, ltp - 0.15, ltp - 0.2, ltp - 0.25]
+              WHEN 'full_d30' THEN array_fill(ltp - 0.05, ARRAY[30]) END,
+       CASE k WHEN 'full' THEN ARRAY[75, 150, 225, 300, 375]::int8[] WHEN 'full_d30' THEN array_fill(75::int8, ARRAY[30]) END,
+       CASE k WHEN 'full' THEN ARRAY[ltp + 0.05, ltp + 0.1, ltp + 0.15, ltp + 0.2, ltp + 0.25]
+              WHEN 'full_d30' THEN array_fill(ltp + 0.05, ARRAY[30]) END,
+       CASE k WHEN 'full' THEN ARRAY[50, 100, 150, 200, 250]::int8[] WHEN 'full_d30' THEN array_fill(50::int8, ARRAY[30]) END
+FROM (
+    SELECT g, $1::timestamptz + g * $2::interval AS t,
+           (ARRAY['full', 'ltpc', 'option_greeks', 'full_d30', 'index'])[1 + (g % $4) % 5] AS k,
+           round((100 + (g % 1000) * 0.05)::numeric, 2)::float8 AS ltp
+    FROM generate_series(0, $3 - 1) g
+) s
+"""
+
+
+async def synthetic(dsn: str, first_day: date, n_days: int, ticks_per_day: int, keys: int = 200) -> None:
+    """Ticks of every kind spread over each day's 09:15-15:30 IST, and a few rows of the other tables."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for i in range(n_days):
+            day_start, _ = day_bounds(first_day + timedelta(days=i))
+            open_at = day_start + timedelta(hours=9, minutes=15)
+            step = timedelta(hours=6, minutes=15) / ticks_per_day
+            await conn.execute(SYNTHETIC_SQL, open_at, step, ticks_per_day, keys)
+            await conn.execute(
+                "INSERT INTO exchange_bars SELECT 'NSE_FO|' || (40000 + k), 'I1', $1::timestamptz + m * interval "
+                "'1 minute', 100, 101, 99, 100.5, 1000 * m, $1::timestamptz + m * interval '1 minute' + "
+                "interval '59 s' FROM generate_series(0, 9) k, generate_series(0, 59) m",
+                open_at,
+            )
+            await conn.execute(
+                "INSERT INTO market_status VALUES ('NSE_FO', 'normal', 'NORMAL_OPEN', $1, $1), "
+                "('NSE_FO', 'normal', 'NORMAL_CLOSE', $2, $2)",
+                open_at, open_at + timedelta(hours=6, minutes=15),
+            )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO feed_gaps (connection, started_at, ended_at, segments, reason, instruments) "
+                "VALUES (0, $1, $2, '{NSE_FO}', 'reconnect', '{NSE_FO|40000,NSE_FO|40001}')",
+                open_at + timedelta(hours=1), open_at + timedelta(hours=1, seconds=3),
+            )  # fmt: skip
+    finally:
+        await conn.close()
