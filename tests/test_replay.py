@@ -45,6 +45,7 @@ from websockets.asyncio.client import connect
 from collector.core.decode import decode_frame
 from collector.core.records import TICK_COLUMNS
 from collector.core.requests import encode_request
+from collector.core.span import ist_day
 from collector.simulator.server import Simulator
 from tests.conftest import Server, _admin, _migrate
 from tests.process import CollectorProcess
@@ -470,3 +471,23 @@ async def test_the_official_sdk_decodes_replayed_frames_to_what_the_database_hol
             seen += 1
     assert seen == status["feeds_sent"] and seen >= len(rows)
     assert checked_bars == len(bars)
+
+
+# -- the recording, exported --------------------------------------------------------------
+
+
+async def test_export_of_the_recording_equals_the_database(recorded: Recorded, tmp_path: Path) -> None:
+    from tests.test_export import expect_equal, run_export
+
+    first, last = ist_day(recorded.start), ist_day(recorded.end)
+    out = tmp_path / "out"
+    result = run_export(
+        recorded.dsn, "--from", first.isoformat(), "--to", last.isoformat(), "--out", str(out), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    if (await fetch(recorded.dsn, "SELECT value FROM storage_info WHERE key = 'candles'"))[0][
+        0
+    ] != "continuous_aggregates":
+        await refresh_candles(recorded.dsn)  # what the export read is what the collector had refreshed
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    assert await expect_equal(recorded.dsn, out, days) >= 5  # ticks, candles, bars, status changes, gaps
