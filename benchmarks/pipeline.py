@@ -25,7 +25,9 @@ STDIN`` of the same bytes, pre-encoded, which adds the network and says so.
 Other references, same run, same rows: raw ``copy_records_to_table`` of
 pre-built rows (asyncpg's own encoding), one INSERT and commit per tick, and
 decoding with ``MessageToDict`` (what the official SDK does per frame) against
-ours (which writes the COPY rows as it decodes).
+ours (which writes the COPY rows as it decodes). ``export``: ``collector export``
+of a million ticks, its rows/s and peak memory with references of its own
+(benchmarks/export_replay.py).
 
 Prints the tables, writes ``benchmarks/results/latest.json`` (and a dated
 copy) and, with matplotlib installed (``pip install -e '.[bench]'``),
@@ -61,6 +63,8 @@ import asyncpg  # noqa: E402
 from google.protobuf.json_format import MessageToDict  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from benchmarks.export_replay import bench_export  # noqa: E402
+from benchmarks.export_replay import report as export_report  # noqa: E402
 from collector.core.decode import decode_rows  # noqa: E402
 from collector.core.pgcopy import HEADER, TRAILER, tick_from_row  # noqa: E402
 from collector.core.records import TICK_COLUMNS  # noqa: E402
@@ -749,6 +753,8 @@ def report(data: dict[str, Any]) -> str:
                 f"every tick sent committed once: {r['all_committed']}"
                 + "".join(f"; {n}" for n in r["notes"])
             )
+    if "export" in data:
+        lines += ["", export_report(data["export"])]
     return "\n".join(lines)
 
 
@@ -801,7 +807,7 @@ def chart(data: dict[str, Any], path: Path) -> bool:
     return True
 
 
-SCENARIOS = ("references", "max", "2000", "half", "idle", "overload", "catch-up")
+SCENARIOS = ("references", "max", "2000", "half", "idle", "overload", "catch-up", "export")
 
 
 async def main() -> None:
@@ -847,6 +853,9 @@ async def main() -> None:
             f"(1 / 2 backends); decode {ref['ratio']:.1f}x MessageToDict",
             flush=True,
         )
+    if "export" in wanted:
+        print("export of a million ticks (benchmarks/export_replay.py) ...", flush=True)
+        data["export"] = await bench_export(harness.fresh_database, harness.drop)
     runs: list[Run] = []
     capacity: dict[int, float] = {}
     for c in conns if wanted & {"max", "half", "overload"} else []:

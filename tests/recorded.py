@@ -174,7 +174,7 @@ class ReplayProcess:
 
 SYNTHETIC_SQL = """
 INSERT INTO ticks
-SELECT t, 'NSE_FO|' || (40000 + g % $4), k, g % 997 = 0, t, t + interval '2.5 ms', ltp,
+SELECT t, 'NSE_FO|' || (40000 + g % $4), k, g % 997 = 0, ft, ft + interval '2.5 ms', ltp,
        CASE WHEN k = 'index' THEN 0 ELSE 25 * (1 + g % 7) END, ltp * 0.99,
        CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 25 * (1 + g % 7) END,
        CASE WHEN k IN ('ltpc', 'index') THEN NULL ELSE 1000 + g END,
@@ -199,7 +199,7 @@ SELECT t, 'NSE_FO|' || (40000 + g % $4), k, g % 997 = 0, t, t + interval '2.5 ms
               WHEN 'full_d30' THEN array_fill(ltp + 0.05, ARRAY[30]) END,
        CASE k WHEN 'full' THEN ARRAY[50, 100, 150, 200, 250]::int8[] WHEN 'full_d30' THEN array_fill(50::int8, ARRAY[30]) END
 FROM (
-    SELECT g, $1::timestamptz + g * $2::interval AS t,
+    SELECT g, $1::timestamptz + g * $2::interval AS t, $1::timestamptz + (g / 20) * 20 * $2::interval AS ft,
            (ARRAY['full', 'ltpc', 'option_greeks', 'full_d30', 'index'])[1 + (g % $4) % 5] AS k,
            round((100 + (g % 1000) * 0.05)::numeric, 2)::float8 AS ltp
     FROM generate_series(0, $3 - 1) g
@@ -208,7 +208,7 @@ FROM (
 
 
 async def synthetic(dsn: str, first_day: date, n_days: int, ticks_per_day: int, keys: int = 200) -> None:
-    """Ticks of every kind spread over each day's 09:15-15:30 IST, and a few rows of the other tables."""
+    """Ticks of every kind spread over each day's 09:15-15:30 IST, 20 to a frame, and a few rows of the other tables."""
     conn = await asyncpg.connect(dsn)
     try:
         for i in range(n_days):
