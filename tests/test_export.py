@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collector.core.span import IST, day_bounds
+from collector.core.span import day_bounds
+from collector.core.times import IST
 from collector.export.parquet import TABLES
 from tests.recorded import synthetic
 

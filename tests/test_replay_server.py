@@ -44,6 +44,7 @@ from collector.replay.server import ReplayServer
 from collector.simulator.market import SimMarket, generate_master
 from tests.helpers import sample, until
 from tests.pipeline import store
+from tests.support.options import journal_options
 
 T0 = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)  # 09:30 IST
 STEP = timedelta(milliseconds=100)
@@ -91,7 +92,7 @@ class Small:
 @pytest.fixture
 def small(single_migrated: str, tmp_path: Path) -> Small:
     rec = Small()
-    with JournalAppender(tmp_path / "journal", fsync="never") as journal:
+    with JournalAppender(tmp_path / "journal", journal_options(fsync="never")) as journal:
         for at, frame in rec.frames():
             journal.append(FRAME, frame, _ns(at))
     asyncio.run(store(single_migrated, tmp_path / "journal"))

@@ -32,9 +32,10 @@ are not sent; an ``iep`` is sent both as ``LTPC.iep`` and, in full mode, as
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from collector.core.records import Bar, FrameKind, Mode, Tick
+from collector.core.times import EPOCH
 from collector.proto import MarketDataFeedV3_pb2 as pb
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "to_ms",
 ]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 # How much of the feed a mode or a recorded kind carries; "index" is an index's full payload.
 RANK: Mapping[str, int] = {"ltpc": 0, "option_greeks": 1, "full": 2, "index": 2, "full_d30": 3}
@@ -60,7 +60,7 @@ _HEAD: Mapping[FrameKind, bytes] = {
 
 def to_ms(t: datetime) -> int:
     """Whole milliseconds since the epoch (rounded down), as the wire carries times."""
-    return (t - _EPOCH) // _MS
+    return (t - EPOCH) // _MS
 
 
 def join(kind: FrameKind, current_ts_ms: int, entries: Iterable[bytes]) -> bytes:

@@ -14,21 +14,12 @@ A trading day is an IST calendar day: 00:00 to 24:00 IST.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
-__all__ = [
-    "FORMS",
-    "IST",
-    "SpanError",
-    "day_bounds",
-    "days",
-    "ist_day",
-    "parse_instant",
-    "parse_span",
-    "show",
-]
+from collector.core.times import IST, ist_day, ist_time
 
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
+__all__ = ["FORMS", "SpanError", "day_bounds", "days", "ist_day", "parse_instant", "parse_span", "show"]
+
 FORMS = "YYYY-MM-DD[THH:MM[:SS]] in IST, or with an offset: ...Z or ...+00:00 for UTC, ...+05:30 for IST"
 
 
@@ -59,14 +50,9 @@ def parse_span(start: str, end: str) -> tuple[datetime, datetime]:
     return first, last
 
 
-def ist_day(t: datetime) -> date:
-    """The IST trading day of an aware datetime."""
-    return t.astimezone(IST).date()
-
-
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     """00:00 IST of ``day`` and of the next day, in UTC."""
-    start = datetime.combine(day, time(0), IST).astimezone(UTC)
+    start = ist_time(day)
     return start, start + timedelta(days=1)
 
 

@@ -46,7 +46,7 @@ from websockets.http11 import Request, Response
 
 from collector.core.encode import RANK, join, market_info, tick_entry, to_ms
 from collector.core.records import Mode, StatusChange
-from collector.core.span import IST
+from collector.core.times import IST
 from collector.feedserver.server import Client, FeedServer, Query
 from collector.metrics import ReplayMetrics
 from collector.proto import MarketDataFeedV3_pb2 as pb
