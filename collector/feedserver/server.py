@@ -150,6 +150,9 @@ class FeedServer:
     async def stream(self, client: Client) -> None:
         """Send a client its live frames until it goes (cancelled then)."""
 
+    def gone(self, client: Client) -> None:
+        """Called once a client's socket is closed and it is no longer in ``clients``."""
+
     def authorize_port(self) -> int:
         """The port the one-time URLs point at."""
         return self.port
@@ -242,6 +245,7 @@ class FeedServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer
             self.clients.remove(client)
+            self.gone(client)
 
     async def _request(self, client: Client, message: str | bytes) -> None:
         try:

@@ -117,6 +117,7 @@ class ReplayServer(FeedServer):
         self.finished = asyncio.Event()
         self._last_request = 0.0
         self._requests = asyncio.Event()  # set by every subscription
+        self._read_error: Exception | None = None
         self._timeline: asyncio.Task[None] | None = None
         self._gaps = list(recording.gaps)
         self._logged = 0.0
@@ -203,6 +204,9 @@ class ReplayServer(FeedServer):
         self.metrics.frames.labels("market_info").inc(len(frames))
         return frames
 
+    def gone(self, client: Client) -> None:
+        self.metrics.clients.set(len(self.clients))
+
     def known(self, keys: list[str]) -> list[str]:
         offered = self.recording.keys
         known = [k for k in keys if k in offered]
@@ -271,6 +275,8 @@ class ReplayServer(FeedServer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        if self._read_error is not None:
+            raise self._read_error
         self.clock.sent(rec.end)
         self.metrics.position.set(rec.end.timestamp())
         self.metrics.finished.set(1)
@@ -283,9 +289,12 @@ class ReplayServer(FeedServer):
         )  # fmt: skip
 
     async def _read(self, ahead: asyncio.Queue[RecordedFrame | None]) -> None:
-        async for frame in self.recording.frames():
-            await ahead.put(frame)
-            await asyncio.sleep(0)  # one frame's work at a time: the clock's sends come first
+        try:
+            async for frame in self.recording.frames():
+                await ahead.put(frame)
+                await asyncio.sleep(0)  # one frame's work at a time: the clock's sends come first
+        except Exception as exc:  # the database went away: the timeline stops with it
+            self._read_error = exc
         await ahead.put(None)
 
     async def _play(self, frame: RecordedFrame) -> None:
