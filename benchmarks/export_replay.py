@@ -4,7 +4,7 @@
 
 A fresh database of a local TimescaleDB gets ``--ticks`` ticks of one IST
 trading day, every kind (depth arrays of 5 and 30 levels, NULL where a kind
-has no field), 20 ticks to a frame (tests.recorded.synthetic). Then:
+has no field), 20 ticks to a frame (tests.support.recorded.synthetic). Then:
 
 - **export**: ``collector export --tables ticks`` of that day, as a process:
   rows/s, and its peak RSS (the kernel's high-water mark of the process, from
@@ -46,7 +46,7 @@ import asyncpg  # noqa: E402
 
 from collector.core.span import day_bounds  # noqa: E402
 from collector.db.migrate import migrate  # noqa: E402
-from tests.recorded import synthetic  # noqa: E402
+from tests.support.recorded import synthetic  # noqa: E402
 
 __all__ = ["bench_export", "bench_replay", "report"]
 

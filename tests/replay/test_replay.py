@@ -47,9 +47,9 @@ from collector.core.records import TICK_COLUMNS
 from collector.core.requests import encode_request
 from collector.core.span import ist_day
 from collector.simulator.server import Simulator
-from tests.conftest import Server, _admin, _migrate
-from tests.process import CollectorProcess
-from tests.recorded import Recorded, ReplayProcess, record
+from tests.support.db import Server, execute, migrate_database, query
+from tests.support.process import CollectorProcess
+from tests.support.recorded import Recorded, ReplayProcess, record
 
 RECORD_S = float(os.environ.get("COLLECTOR_TEST_RECORD_S", "180"))
 # Every column of a tick but received_at, which is the reader's own clock.
@@ -78,21 +78,8 @@ async def script(sim: Simulator, t: float) -> None:
 
 @pytest.fixture(scope="module")
 def recorded(single_tsdb: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
-    name = "t_" + uuid.uuid4().hex[:12]
-    asyncio.run(_admin(single_tsdb, f"CREATE DATABASE {name}"))
-    dsn = single_tsdb.database(name)
-    asyncio.run(_migrate(dsn))
-    workdir = tmp_path_factory.mktemp("recording")
-    yield asyncio.run(record(dsn, workdir, RECORD_S, script=script))
-    asyncio.run(_admin(single_tsdb, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
+    with single_tsdb.new_database(migrated=True) as dsn:
+        yield asyncio.run(record(dsn, tmp_path_factory.mktemp("recording"), RECORD_S, script=script))
 
 
 def iso(t: datetime) -> str:
@@ -118,13 +105,15 @@ async def settled(collector: CollectorProcess, quiet_s: float = 2.0, timeout_s: 
             return
 
 
+async def candles_are_aggregates(dsn: str) -> bool:
+    """Whether candles are continuous aggregates (the Timescale License build), not refreshed tables."""
+    rows = await query(dsn, "SELECT value FROM storage_info WHERE key = 'candles'")
+    return bool(rows[0][0] == "continuous_aggregates")
+
+
 async def refresh_candles(dsn: str) -> None:
     """On the Apache build candles are tables the collector refreshes: refresh them all now."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("SELECT refresh_candles('-infinity')")
-    finally:
-        await conn.close()
+    await execute(dsn, "SELECT refresh_candles('-infinity')")
 
 
 @pytest.mark.limit(900)
@@ -133,10 +122,10 @@ async def test_round_trip_at_max_speed_gives_back_every_tick_and_candle(
 ) -> None:
     a = recorded.dsn
     name = "t_" + uuid.uuid4().hex[:12]
-    await _admin(single_tsdb, f"CREATE DATABASE {name}")
+    await execute(single_tsdb.dsn, f"CREATE DATABASE {name}")
     b = single_tsdb.database(name)
     try:
-        await _migrate(b)
+        await migrate_database(b)
         with ReplayProcess(
             tmp_path, a, "--from", iso(recorded.start), "--to", iso(recorded.end), "--speed", "max",
         ) as replay:  # fmt: skip
@@ -165,13 +154,13 @@ async def test_round_trip_at_max_speed_gives_back_every_tick_and_candle(
             f"second collector in {took:.1f} s (shared machine); {status['frames_sent']} frames sent"
         )
     finally:
-        await _admin(single_tsdb, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await execute(single_tsdb.dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 async def compare(a: str, b: str) -> None:
     columns = ", ".join(COMPARED)
     sql = f"SELECT {columns}, received_at FROM ticks ORDER BY instrument_key, received_at"
-    ticks_a, ticks_b = await fetch(a, sql), await fetch(b, sql)
+    ticks_a, ticks_b = await query(a, sql), await query(b, sql)
     assert len(ticks_b) == len(ticks_a), (len(ticks_a), len(ticks_b))
     assert {r["kind"] for r in ticks_a} == {"ltpc", "option_greeks", "full", "full_d30", "index"}
     assert any(r["snapshot"] for r in ticks_a), "the recording should hold reconnect snapshots"
@@ -186,31 +175,29 @@ async def compare(a: str, b: str) -> None:
     order = [next(iter(twins[t])) for t in sorted(twins)]
     assert order == sorted(order) and len(set(order)) == len(order)
 
-    if (await fetch(a, "SELECT value FROM storage_info WHERE key = 'candles'"))[0][
-        0
-    ] != "continuous_aggregates":
+    if not await candles_are_aggregates(a):
         await refresh_candles(a)
         await refresh_candles(b)
     for level in ("candles_1m", "candles_5m", "candles_1h", "candles_1d"):
         sql = f"SELECT * FROM {level} ORDER BY instrument_key, bucket"
-        candles_a, candles_b = await fetch(a, sql), await fetch(b, sql)
+        candles_a, candles_b = await query(a, sql), await query(b, sql)
         assert candles_a and [tuple(r) for r in candles_a] == [tuple(r) for r in candles_b], level
     sql = "SELECT * FROM candles_1m_complete WHERE source = 'ticks' ORDER BY instrument_key, bucket"
-    assert [tuple(r) for r in await fetch(a, sql)] == [tuple(r) for r in await fetch(b, sql)]
+    assert [tuple(r) for r in await query(a, sql)] == [tuple(r) for r in await query(b, sql)]
 
     sql = (
         "SELECT instrument_key, interval, bar_start, open, high, low, close, volume FROM exchange_bars "
         "ORDER BY 1, 2, 3"
     )
-    bars_a, bars_b = await fetch(a, sql), await fetch(b, sql)
+    bars_a, bars_b = await query(a, sql), await query(b, sql)
     assert bars_a and [tuple(r) for r in bars_a] == [tuple(r) for r in bars_b]
 
     sql = "SELECT segment, session, status, time FROM market_status ORDER BY segment, session, time"
-    status_a, status_b = await fetch(a, sql), await fetch(b, sql)
+    status_a, status_b = await query(a, sql), await query(b, sql)
     assert {tuple(r) for r in status_b} <= {tuple(r) for r in status_a}
     assert _changes(status_a) == _changes(status_b)
     assert any(r["status"] == "NORMAL_CLOSE" for r in status_b)
-    assert await fetch(a, "SELECT 1 FROM feed_gaps") and not await fetch(b, "SELECT 1 FROM feed_gaps")
+    assert await query(a, "SELECT 1 FROM feed_gaps") and not await query(b, "SELECT 1 FROM feed_gaps")
 
 
 def _same(x: Any, y: Any) -> bool:
@@ -245,7 +232,7 @@ async def authorized_url(base: str, token: str) -> str:
 
 async def received_at_of(dsn: str, start: datetime, end: datetime) -> dict[tuple[datetime, str], datetime]:
     """(feed_time, key) -> received_at of every tick of the span."""
-    rows = await fetch(
+    rows = await query(
         dsn,
         "SELECT feed_time, instrument_key, received_at FROM ticks WHERE received_at >= $1 AND received_at < $2",
         start,
@@ -401,11 +388,11 @@ async def test_the_official_sdk_decodes_replayed_frames_to_what_the_database_hol
     from google.protobuf.json_format import MessageToDict
 
     a = recorded.dsn
-    rows = await fetch(a, f"SELECT {', '.join(TICK_COLUMNS)} FROM ticks")
+    rows = await query(a, f"SELECT {', '.join(TICK_COLUMNS)} FROM ticks")
     by_trade = {(r["instrument_key"], r["time"]): r for r in rows}
     bars = {
         (r["instrument_key"], r["interval"], r["bar_start"]): r
-        for r in await fetch(a, "SELECT * FROM exchange_bars")
+        for r in await query(a, "SELECT * FROM exchange_bars")
     }
     with ReplayProcess(
         tmp_path, a, "--from", iso(recorded.start), "--to", iso(recorded.end), "--speed", "max"
@@ -483,7 +470,7 @@ async def test_the_official_sdk_decodes_replayed_frames_to_what_the_database_hol
 
 
 async def test_export_of_the_recording_equals_the_database(recorded: Recorded, tmp_path: Path) -> None:
-    from tests.test_export import expect_equal, run_export
+    from tests.support.exported import expect_equal, run_export
 
     first, last = ist_day(recorded.start), ist_day(recorded.end)
     out = tmp_path / "out"
@@ -491,9 +478,7 @@ async def test_export_of_the_recording_equals_the_database(recorded: Recorded, t
         recorded.dsn, "--from", first.isoformat(), "--to", last.isoformat(), "--out", str(out), cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    if (await fetch(recorded.dsn, "SELECT value FROM storage_info WHERE key = 'candles'"))[0][
-        0
-    ] != "continuous_aggregates":
+    if not await candles_are_aggregates(recorded.dsn):
         await refresh_candles(recorded.dsn)  # what the export read is what the collector had refreshed
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     assert await expect_equal(recorded.dsn, out, days) >= 5  # ticks, candles, bars, status changes, gaps

@@ -2,7 +2,7 @@
 
 The data: ticks of every kind (NULL where a kind has no field, depth arrays of
 5 and 30 levels) spread over trading days, with exchange bars, status changes
-and gaps (tests.recorded.synthetic). Every file is compared with the database
+and gaps (tests.support.recorded.synthetic). Every file is compared with the database
 row for row and column for column through pyarrow; DuckDB and polars read the
 Hive layout with the types it promises.
 """
@@ -10,85 +10,21 @@ Hive layout with the types it promises.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collector.core.span import day_bounds
 from collector.core.times import IST
-from collector.export.parquet import TABLES
-from tests.recorded import synthetic
+from tests.support.db import execute
+from tests.support.exported import database_rows, expect_equal, file_rows, parts, run_export, start_export
+from tests.support.recorded import synthetic
 
 FIRST = date(2026, 11, 23)  # a Monday
-
-
-def _env(dsn: str) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")},
-        "COLLECTOR_DATABASE_URL": dsn,
-    }
-
-
-def run_export(dsn: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "collector", "export", *args], cwd=cwd, env=_env(dsn), capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
-
-
-def start_export(dsn: str, *args: str, cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "collector", "export", *args], cwd=cwd, env=_env(dsn),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-async def database_rows(dsn: str, table: str, day: date) -> list[dict[str, Any]]:
-    start, end = day_bounds(day)
-    spec = TABLES[table]
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            f"SELECT * FROM {table} WHERE {spec.day_column} >= $1 AND {spec.day_column} < $2 ORDER BY {spec.order}",
-            start,
-            end,
-        )
-    finally:
-        await conn.close()
-    return [dict(r) for r in rows]
-
-
-def file_rows(path: Path) -> list[dict[str, Any]]:
-    return pq.read_table(path).to_pylist()  # type: ignore[no-any-return]
-
-
-def parts(out: Path) -> list[Path]:
-    return sorted(out.glob("table=*/day=*/part-0.parquet"))
-
-
-async def expect_equal(dsn: str, out: Path, days: list[date], tables: tuple[str, ...] = tuple(TABLES)) -> int:
-    """Every (table, day) with rows has its file, equal to the database; returns the files checked."""
-    checked = 0
-    for day in days:
-        for table in tables:
-            path = out / f"table={table}" / f"day={day.isoformat()}" / "part-0.parquet"
-            expected = await database_rows(dsn, table, day)
-            if not expected:
-                assert not path.exists(), path
-                continue
-            assert file_rows(path) == expected, (table, day)
-            checked += 1
-    return checked
 
 
 async def test_types_are_exact_and_three_readers_read_the_layout(
@@ -137,13 +73,11 @@ async def test_types_are_exact_and_three_readers_read_the_layout(
 async def test_a_rerun_skips_finished_days_and_redoes_today(single_migrated: str, tmp_path: Path) -> None:
     await synthetic(single_migrated, FIRST, 1, 500)
     today = datetime.now(IST).date()
-    conn = await asyncpg.connect(single_migrated)
-    try:
-        await conn.execute(
-            "INSERT INTO market_status VALUES ('NSE_FO', 'normal', 'NORMAL_OPEN', $1, $1)", datetime.now(UTC)
-        )
-    finally:
-        await conn.close()
+    await execute(
+        single_migrated,
+        "INSERT INTO market_status VALUES ('NSE_FO', 'normal', 'NORMAL_OPEN', $1, $1)",
+        datetime.now(UTC),
+    )
     out = tmp_path / "out"
     args = [
         "--from",

@@ -42,9 +42,11 @@ from collector.proto import MarketDataFeedV3_pb2 as pb
 from collector.replay.recording import Recording
 from collector.replay.server import ReplayServer
 from collector.simulator.market import SimMarket, generate_master
-from tests.helpers import sample, until
-from tests.pipeline import store
+from tests.support.db import execute
+from tests.support.metrics import sample
 from tests.support.options import journal_options
+from tests.support.pipeline import store
+from tests.support.waiting import until
 
 T0 = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)  # 09:30 IST
 STEP = timedelta(milliseconds=100)
@@ -262,11 +264,10 @@ async def test_a_late_subscriber_gets_the_state_at_the_clock(small: Small, singl
 
 def test_holidays_are_the_recorded_ones(small: Small, single_migrated: str) -> None:
     async def go() -> None:
-        conn = await asyncpg.connect(single_migrated)
-        await conn.execute(
-            "INSERT INTO market_holidays (day, description, closed_exchanges) VALUES ('2026-11-27', 'x', '{NSE}')"
+        await execute(
+            single_migrated,
+            "INSERT INTO market_holidays (day, description, closed_exchanges) VALUES ('2026-11-27', 'x', '{NSE}')",
         )
-        await conn.close()
         async with Replay(single_migrated, None) as server:
 
             def get() -> Any:
@@ -330,7 +331,7 @@ def test_bad_input_is_one_line_and_exit_2(
 
 
 def test_export_bad_input_is_one_line_and_exit_2(single_migrated: str, tmp_path: Path) -> None:
-    from tests.test_export import run_export
+    from tests.support.exported import run_export
 
     cases = [
         (["--from", "2026-11-27", "--to", "2026-11-26"], "--to (2026-11-26) is before --from (2026-11-27)"),

@@ -22,12 +22,11 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from collector.core.span import day_bounds
 from collector.simulator.server import Simulator
-from tests.process import CollectorProcess, collector_env
-from tests.stack import free_port
+from tests.support.db import connection
+from tests.support.ports import free_port
+from tests.support.process import CollectorProcess, collector_env
 
 __all__ = ["Recorded", "ReplayProcess", "record", "synthetic", "universe_of"]
 
@@ -59,14 +58,11 @@ def universe_of(sim: Simulator) -> dict[str, list[str]]:
 
 async def span_of(dsn: str) -> tuple[datetime, datetime]:
     """The first and last receive time in the database, the end just after the last."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         first, last = await conn.fetchrow(
             "SELECT min(t), max(t) FROM (SELECT received_at AS t FROM ticks UNION ALL "
             "SELECT received_at FROM market_status UNION ALL SELECT updated_at FROM exchange_bars) s"
         )
-    finally:
-        await conn.close()
     return first, last + timedelta(milliseconds=1)
 
 
@@ -209,8 +205,7 @@ FROM (
 
 async def synthetic(dsn: str, first_day: date, n_days: int, ticks_per_day: int, keys: int = 200) -> None:
     """Ticks of every kind spread over each day's 09:15-15:30 IST, 20 to a frame, and a few rows of the other tables."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connection(dsn) as conn:
         for i in range(n_days):
             day_start, _ = day_bounds(first_day + timedelta(days=i))
             open_at = day_start + timedelta(hours=9, minutes=15)
@@ -232,5 +227,3 @@ async def synthetic(dsn: str, first_day: date, n_days: int, ticks_per_day: int, 
                 "VALUES (0, $1, $2, '{NSE_FO}', 'reconnect', '{NSE_FO|40000,NSE_FO|40001}')",
                 open_at + timedelta(hours=1), open_at + timedelta(hours=1, seconds=3),
             )  # fmt: skip
-    finally:
-        await conn.close()
