@@ -353,7 +353,7 @@ class ReplayMetrics:
             mode="livemax",
         )
         self.speed = f.gauge(
-            "replay_speed_ratio", "Recorded seconds replayed per second (+Inf: as fast as clients read)",
+            "replay_speed", "Recorded seconds replayed per second of wall time (+Inf: as fast as clients read)",
             mode="livemax",
         )  # fmt: skip
         self.finished = f.gauge("replay_finished", "1 once the whole span has been sent", mode="livemax")
