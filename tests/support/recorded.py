@@ -28,7 +28,7 @@ from tests.support.db import connection
 from tests.support.ports import free_port
 from tests.support.process import CollectorProcess, collector_env
 
-__all__ = ["Recorded", "ReplayProcess", "record", "synthetic", "universe_of"]
+__all__ = ["Recorded", "ReplayProcess", "record", "refresh_candles", "synthetic", "universe_of"]
 
 
 @dataclass(frozen=True)
@@ -227,3 +227,10 @@ async def synthetic(dsn: str, first_day: date, n_days: int, ticks_per_day: int, 
                 "VALUES (0, $1, $2, '{NSE_FO}', 'reconnect', '{NSE_FO|40000,NSE_FO|40001}')",
                 open_at + timedelta(hours=1), open_at + timedelta(hours=1, seconds=3),
             )  # fmt: skip
+
+
+async def refresh_candles(dsn: str) -> None:
+    """Bring the candles up to date with the ticks: a no-op where they are continuous aggregates,
+    a refresh of every level where they are tables the collector refreshes (the Apache build)."""
+    async with connection(dsn) as conn:
+        await conn.execute("SELECT refresh_candles('-infinity')")
