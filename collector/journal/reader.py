@@ -89,6 +89,14 @@ class JournalReader:
         releasable = self._segments[1] if len(self._segments) > 1 else end
         return end, total, releasable
 
+    def oldest(self) -> int:
+        """The position of the oldest byte still on disk (0 for a journal with nothing in it yet).
+
+        Only a question: unlike :meth:`seek` it never counts what lies before as lost.
+        """
+        listed = self._list()
+        return listed[0] if listed else 0
+
     def seek(self, position: int) -> int:
         """Read from ``position`` on; returns where reading really starts.
 

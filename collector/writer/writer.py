@@ -159,7 +159,9 @@ class Writer:
 
     async def _session(self, drain: asyncio.Event) -> None:
         conn = await self._connection()
-        oldest = self._reader.seek(0)
+        # Where a journal new to the database starts. Asked, not sought: seeking to 0 in a journal
+        # whose first segments are committed and deleted would report them as lost.
+        oldest = self._reader.oldest()
         position, state = await self._store.load(conn, self.journal, self.connection, oldest)
         self.committed = self._reader.seek(position)
         self._release()

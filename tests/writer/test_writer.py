@@ -313,6 +313,26 @@ async def test_committed_segments_are_deleted(migrated: str, tmp_path: Path) -> 
     )
 
 
+async def test_a_restart_after_committed_segments_were_deleted_reports_no_corruption(
+    migrated: str, tmp_path: Path
+) -> None:
+    # Once its first segments are committed and deleted, a journal starts past position 0. A new
+    # writer (a restart, a reconnect to the database) must not take the deleted, committed bytes for
+    # lost ones: that once paged for disk corruption on every third start.
+    with JournalAppender(tmp_path, journal_options(fsync="never", segment_bytes=64 * 1024)) as j:
+        for f in sim_frames(80, seed=14):
+            j.append(FRAME, f)
+    await store(migrated, tmp_path)
+    assert segment_paths(tmp_path)[0].name != "00000000000000000000.journal"
+    for _ in range(2):  # a restart, and another
+        with JournalAppender(tmp_path, journal_options(fsync="never")) as j:
+            for f in sim_frames(5, seed=15):
+                j.append(FRAME, f)
+        registry = await store(migrated, tmp_path)
+        assert sample(registry, "collector_journal_corrupt_records_total", {"connection": "0"}) == 0
+        assert sample(registry, "collector_journal_skipped_bytes_total", {"connection": "0"}) == 0
+
+
 @pytest.mark.limit(120)
 async def test_read_ahead_is_bounded_while_the_database_is_slow(migrated: str, tmp_path: Path) -> None:
     frames = sim_frames(200, seed=15)
