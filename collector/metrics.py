@@ -12,6 +12,11 @@ stays). Each process creates only the series it owns (:class:`FeedMetrics`,
 several processes combine (``multiprocess_mode``). ``collector replay`` is one
 process with a registry of its own (:class:`ReplayMetrics`).
 
+A few series must be true exactly when the process that does the work cannot
+say them (the journal lag while the database is away, whether a market is open
+while nobody is connected, the database's own jobs): the supervisor computes
+those at each scrape, and they are defined there (:mod:`collector.supervisor.scrape`).
+
 Labels take values only from fixed sets: connection ids (0..connections-1),
 modes, tick kinds, segments, tables, reason classes, job names. Never an
 instrument key, a price or error text. Every known label combination is
@@ -129,12 +134,12 @@ class FeedMetrics:
         self.frames = f.counter("frames_received_total", "Frames received, by frame type", (*_CONN, "kind"))
         self.bytes = f.counter("received_bytes_total", "Bytes of frames received", _CONN)
         self.text_messages = f.counter("text_messages_total", "Text frames from the server", _CONN)
-        self.market_open = f.gauge(
-            "market_open", "1 while the segment's market is open", ("segment",), mode="mostrecent"
-        )
+        # Whether a segment is open is the supervisor's to say (collector.supervisor.scrape): it
+        # knows when nobody hears Upstox. This is what Upstox said last.
         self.market_status = f.gauge(
-            "market_status", "1 for the segment's current status", ("segment", "status"), mode="mostrecent"
-        )
+            "market_status", "1 for the segment's status in Upstox's last market_info", ("segment", "status"),
+            mode="mostrecent",
+        )  # fmt: skip
         self.journal_full = f.gauge(
             "journal_full", "1 while reading is stopped: the journal is at its size bound or unwritable",
             _CONN, mode="livemax",
@@ -153,10 +158,9 @@ class FeedMetrics:
         for mode in MODES:
             self.sub_active.labels(c, mode)
 
-    def set_market_status(self, segment: str, status: str, is_open: bool) -> None:
+    def set_market_status(self, segment: str, status: str) -> None:
         if segment not in SEGMENTS or status not in MARKET_STATUSES:
             return  # unknown names would grow the label set without bound
-        self.market_open.labels(segment).set(1 if is_open else 0)
         for s in MARKET_STATUSES:
             self.market_status.labels(segment, s).set(1 if s == status else 0)
 
@@ -191,25 +195,15 @@ class WriterMetrics:
             "receive_to_commit_seconds", "Receive time to database commit (oldest row of each batch)",
             LATENCY_BUCKETS_S,
         )  # fmt: skip
-        # The last known value, even while the writer process is down (mostrecent).
-        self.journal_bytes = f.gauge(
-            "journal_bytes", "Bytes of the connection's journal on disk", _CONN, mode="mostrecent"
-        )
-        self.journal_lag = f.gauge(
-            "journal_lag_bytes", "Journal bytes read from the socket and not yet committed", _CONN,
-            mode="mostrecent",
-        )  # fmt: skip
-        self.journal_committed = f.gauge(
-            "journal_committed_position_bytes", "Committed journal position", _CONN, mode="mostrecent"
-        )
+        # The journal's size, lag and committed position are read from its folder by the supervisor
+        # at each scrape (collector.supervisor.scrape): true while this process cannot say them.
         self.journal_skipped = f.counter(
             "journal_corrupt_records_total", "Corrupt or torn journal stretches skipped", _CONN
         )
         self.journal_skipped_bytes = f.counter(
             "journal_skipped_bytes_total", "Bytes of corrupt or torn journal stretches skipped", _CONN
         )
-        for m in (self.decode_errors, self.journal_bytes, self.journal_lag, self.journal_committed,
-                  self.journal_skipped, self.journal_skipped_bytes):  # fmt: skip
+        for m in (self.decode_errors, self.journal_skipped, self.journal_skipped_bytes):
             m.labels(c)
         for kind in TICK_KINDS:
             self.ticks.labels(kind)
@@ -242,6 +236,10 @@ class SupervisorMetrics:
             mode="livemax",
         )  # fmt: skip
         self.universe = f.gauge("universe_keys", "Keys in the configured universe", ("mode",), mode="livemax")
+        self.universe_unknown = f.gauge(
+            "universe_unknown_keys", "Keys of COLLECTOR_SUBSCRIPTIONS the instrument master does not list",
+            mode="livemax",
+        )  # fmt: skip
         self.limit = f.gauge(
             "subscription_limit_keys", "Upstox key limit per connection", ("mode", "scope"), mode="livemax"
         )

@@ -155,6 +155,29 @@ class Calendar:
         end = ist_time(day, h.close) if h.close else ist_time(day + timedelta(days=1))
         return [(start, end)]
 
+    def _around(self, exchange: str, t: datetime, days_back: int) -> list[tuple[datetime, datetime]]:
+        day = ist_day(t)
+        spans = []
+        for back in range(days_back, -1, -1):
+            spans.extend(self.sessions(exchange, day - timedelta(days=back)))
+        return spans
+
+    def is_open(self, segment: str, t: datetime) -> bool:
+        """Whether ``segment`` trades at ``t`` by the calendar (a segment of no known exchange: always)."""
+        exchange = EXCHANGE_OF_SEGMENT.get(segment)
+        if exchange is None:
+            return True
+        return any(s <= t < e for s, e in self._around(exchange, t, 1))
+
+    def last_change(self, segment: str, t: datetime) -> datetime | None:
+        """When ``segment`` last opened or closed by the calendar, at or before ``t`` (None: never, as far
+        as a fortnight back, or a segment of no known exchange)."""
+        exchange = EXCHANGE_OF_SEGMENT.get(segment)
+        if exchange is None:
+            return None
+        edges = [edge for span in self._around(exchange, t, 14) for edge in span if edge <= t]
+        return max(edges, default=None)
+
     def open_spans(
         self, segments: Iterable[str], start: datetime, end: datetime
     ) -> list[tuple[datetime, datetime, list[str]]]:

@@ -1,4 +1,4 @@
-"""Market status per segment, as the feed's ``market_info`` frames report it. No I/O.
+"""Market status per segment: as the feed's ``market_info`` frames report it, and as it is. No I/O.
 
 Silence on the socket is normal while a segment is closed (Upstox has no
 application heartbeat), so liveness checks ask this state whether data is
@@ -13,11 +13,13 @@ this map, and a lean feed process starts with a fraction of the memory).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Literal, get_args
 
+from collector.core.calendar import Calendar
 from collector.core.records import StatusChange
 
-__all__ = ["MARKET_STATUSES", "OPEN_STATUSES", "MarketState", "MarketStatus", "segment_status"]
+__all__ = ["MARKET_STATUSES", "OPEN_STATUSES", "MarketState", "MarketStatus", "MarketView", "segment_status"]
 
 # A segment's normal-session status (the feed's MarketStatus enum, by name).
 MarketStatus = Literal[
@@ -139,3 +141,46 @@ def segment_status(frame: bytes) -> dict[str, str]:
                     status -= (status >> 31) << 32
             out[segment] = MARKET_STATUSES[status] if 0 <= status < len(MARKET_STATUSES) else str(status)
     return out
+
+
+class MarketView:
+    """Whether each segment is open now, whatever state the connections are in.
+
+    Upstox's ``market_info`` frames say it while a connection is up, but only
+    while it is up: a collector that cannot connect (a rejected token, the
+    network, the 03:30 IST token expiry overnight) hears nothing, and the last
+    status it heard (closed, last evening) is stale all next day. So a
+    connection's report counts only while that connection is connected and only
+    if it is newer than the calendar's latest open or close of the segment;
+    otherwise the exchange calendar decides (the one that decides gaps). A
+    report newer than the calendar's edge wins over it: Upstox knows of an
+    unscheduled close or a special session the calendar does not.
+    """
+
+    def __init__(self, calendar: Calendar) -> None:
+        self.calendar = calendar
+        # connection -> segment -> (status, when reported); only connected connections are here.
+        self._reports: dict[int, dict[str, tuple[str, datetime]]] = {}
+
+    def connected(self, connection: int) -> None:
+        self._reports.setdefault(connection, {})
+
+    def disconnected(self, connection: int) -> None:
+        self._reports.pop(connection, None)
+
+    def report(self, connection: int, segment: str, status: str, at: datetime) -> None:
+        """A connection heard ``status`` for ``segment`` at ``at`` (ignored unless it is connected)."""
+        reports = self._reports.get(connection)
+        if reports is not None:
+            reports[segment] = (status, at)
+
+    def is_open(self, segment: str, now: datetime) -> bool:
+        newest: tuple[str, datetime] | None = None
+        for reports in self._reports.values():
+            r = reports.get(segment)
+            if r is not None and (newest is None or r[1] > newest[1]):
+                newest = r
+        edge = self.calendar.last_change(segment, now)
+        if newest is not None and (edge is None or newest[1] >= edge):
+            return newest[0] in OPEN_STATUSES
+        return self.calendar.is_open(segment, now)

@@ -89,6 +89,8 @@ class FeedConnection:
         calendar: Calendar | None = None,
         down_since: datetime | None = None,
         on_connected: Callable[[datetime], None] = lambda at: None,
+        on_disconnected: Callable[[datetime], None] = lambda at: None,
+        on_market: Callable[[dict[str, str], datetime], None] = lambda statuses, at: None,
     ) -> None:
         self.shard = shard
         self.id = shard.shard_id
@@ -105,6 +107,8 @@ class FeedConnection:
         self._now = now
         self.calendar = calendar
         self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+        self._on_market = on_market
         self._ws: ClientConnection | None = None
         # When data last came in: the journal's last record (the collector was
         # not running since), else the first connection attempt.
@@ -274,14 +278,18 @@ class FeedConnection:
             raise _JournalBlocked(f"journal write failed: {exc}") from None
 
     def _market_info(self, message: bytes) -> None:
+        heard = self._now()
         try:
             statuses = segment_status(message)
         except ValueError:
             return  # stored and counted by the writer
-        now = self._now()
-        changes = [StatusChange(segment, "normal", status, now, now) for segment, status in statuses.items()]
+        changes = [
+            StatusChange(segment, "normal", status, heard, heard) for segment, status in statuses.items()
+        ]
         for s in self.market.update(changes):
-            self._metrics.set_market_status(s.segment, s.status, self.market.is_open(s.segment))
+            self._metrics.set_market_status(s.segment, s.status)
+        # Every report, changed or not: the supervisor weighs what Upstox says by when it said it.
+        self._on_market(statuses, heard)
 
     # -- sessions, gaps and the journal bound -----------------------------------------
 
@@ -340,6 +348,7 @@ class FeedConnection:
         self._down_since = self._now()
         self._down_reason = "journal" if reason.startswith("journal") else "reconnect"
         self._event(FeedSession(self.id, connected_at, self._down_since, reason[:200]))
+        self._on_disconnected(self._down_since)
 
     async def _wait_for_journal(self) -> None:
         """Before connecting: wait until the journal has room and the disk takes writes."""

@@ -4,7 +4,8 @@ Started by the supervisor as ``python -m collector.feed.process``. It holds
 no secret: the supervisor authorizes on its behalf (one REST rate limiter and
 one token for the whole collector) and hands back the one-time socket URL.
 It asks with :class:`~collector.ipc.messages.Authorize` and reports each
-subscription (:class:`~collector.ipc.messages.Connected`); the supervisor
+subscription (:class:`~collector.ipc.messages.Connected`), the end of each
+(``Disconnected``) and what Upstox says of the market (``MarketInfo``); the supervisor
 answers (``Authorized``, ``AuthorizeFailed``), moves it to new keys
 (``Keys``), gives it the market calendar (``NewCalendar``) and stops it
 (``Stop``).
@@ -60,7 +61,13 @@ async def main(spec: messages.FeedSpec, channel: Channel, stop: asyncio.Event) -
     authorizer = _Authorizer(channel)
     with JournalAppender(Path(spec.journal_dir), spec.journal) as journal:
         last = last_record_time(Path(spec.journal_dir))
-        notices: list[asyncio.Task[None]] = []
+        notices: set[asyncio.Task[None]] = set()
+
+        def notify(message: messages.Connected | messages.Disconnected | messages.MarketInfo) -> None:
+            task = asyncio.create_task(channel.send(message))
+            notices.add(task)
+            task.add_done_callback(notices.discard)
+
         feed = FeedConnection(
             Shard(spec.connection, {k: v for k, v in spec.keys.items() if v}),
             authorize=authorizer,
@@ -71,7 +78,10 @@ async def main(spec: messages.FeedSpec, channel: Channel, stop: asyncio.Event) -
             calendar=spec.calendar,
             down_since=last or spec.since,
             # The supervisor runs the backfill after a reconnect (the gap rows follow shortly).
-            on_connected=lambda at: notices.append(asyncio.create_task(channel.send(messages.Connected(at)))),
+            on_connected=lambda at: notify(messages.Connected(at)),
+            # Whether the market is open is the supervisor's to say (it knows when nobody hears Upstox).
+            on_disconnected=lambda at: notify(messages.Disconnected(at)),
+            on_market=lambda statuses, at: notify(messages.MarketInfo(statuses, at)),
         )
 
         async def control() -> None:

@@ -7,7 +7,8 @@ whose ``op`` names the message (:data:`OPS` lists them all). Who sends what:
 supervisor → feed       :class:`FeedSpec` (the first line), :class:`Keys`,
                         :class:`NewCalendar`, :class:`Authorized`,
                         :class:`AuthorizeFailed`, :class:`Stop`
-feed → supervisor       :class:`Authorize`, :class:`Connected`
+feed → supervisor       :class:`Authorize`, :class:`Connected`, :class:`Disconnected`,
+                        :class:`MarketInfo`
 supervisor → writer     :class:`WriterSpec` (the first line), :class:`Drain`, :class:`Stop`
 ======================  ================================================================
 
@@ -33,9 +34,11 @@ __all__ = [
     "AuthorizeFailed",
     "Authorized",
     "Connected",
+    "Disconnected",
     "Drain",
     "FeedSpec",
     "Keys",
+    "MarketInfo",
     "Message",
     "NewCalendar",
     "Spec",
@@ -226,6 +229,37 @@ class Connected(_Message):
         return cls(datetime.fromisoformat(data["at"]))
 
 
+@dataclass(frozen=True, slots=True)
+class Disconnected(_Message):
+    """The connection's socket closed at ``at``; it is reconnecting (or waiting for journal room)."""
+
+    op = "disconnected"
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "at": self.at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(datetime.fromisoformat(data["at"]))
+
+
+@dataclass(frozen=True, slots=True)
+class MarketInfo(_Message):
+    """Upstox's ``market_info`` as the connection heard it at ``at``: segment -> normal-session status."""
+
+    op = "market_info"
+    statuses: dict[str, str]
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "statuses": self.statuses, "at": self.at.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        return cls(dict(data["statuses"]), datetime.fromisoformat(data["at"]))
+
+
 Message = (
     Stop
     | Drain
@@ -237,12 +271,15 @@ Message = (
     | AuthorizeFailed
     | Authorize
     | Connected
+    | Disconnected
+    | MarketInfo
 )
 Spec = FeedSpec | WriterSpec
 OPS: dict[str, type[Message]] = {
     cls.op: cls
     for cls in (
         Stop, Drain, WriterSpec, FeedSpec, Keys, NewCalendar, Authorized, AuthorizeFailed, Authorize, Connected,
+        Disconnected, MarketInfo,
     )
 }  # fmt: skip
 

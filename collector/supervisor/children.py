@@ -48,6 +48,7 @@ class Child:
         metrics: SupervisorMetrics,
         metrics_dir: Path | None,
         on_message: OnMessage | None = None,
+        on_exit: Callable[[Child], None] | None = None,
         backoff: Callable[[], Iterator[float]] = lambda: full_jitter(base_s=1.0, cap_s=30.0),
         healthy_after_s: float = 60.0,
     ) -> None:
@@ -60,6 +61,7 @@ class Child:
         self._metrics = metrics
         self._metrics_dir = metrics_dir
         self._on_message = on_message
+        self._on_exit = on_exit
         self._backoff = backoff
         self._healthy_after_s = healthy_after_s
         self.proc: asyncio.subprocess.Process | None = None
@@ -123,6 +125,8 @@ class Child:
                 await proc.wait()
             self.channel = None
             self._metrics.process_up.labels(*label).set(0)
+            if self._on_exit is not None:
+                self._on_exit(self)
             if self._metrics_dir is not None:
                 mark_dead(proc.pid, self._metrics_dir)
 

@@ -43,7 +43,7 @@ from collector.core.shards import DEFAULT_LIMITS, Shard, plan_universe, segment_
 from collector.core.universe import resolve_universe
 from collector.db.connect import COMMAND_TIMEOUT_S, JOB_COMMAND_TIMEOUT_S, connect, connect_until, where
 from collector.db.instruments import display, publish_master, sync_master
-from collector.db.jobs import Jobs, apply_retention_policy
+from collector.db.jobs import Jobs, apply_retention_policy, candles_mode
 from collector.db.migrate import migrate, pending
 from collector.exceptions import CollectorError, ConfigError, UpstoxError
 from collector.ipc.messages import (
@@ -51,8 +51,10 @@ from collector.ipc.messages import (
     Authorized,
     AuthorizeFailed,
     Connected,
+    Disconnected,
     FeedSpec,
     Keys,
+    MarketInfo,
     Message,
     WriterSpec,
 )
@@ -62,6 +64,7 @@ from collector.metrics import SupervisorMetrics
 from collector.settings import Settings
 from collector.supervisor.children import Child
 from collector.supervisor.gapwork import GapWork
+from collector.supervisor.scrape import DatabaseWatch, Observed, ScrapeView
 from collector.supervisor.serving import serve_metrics
 from collector.supervisor.upstox import TokenSource, UpstoxRest, rest_limiter, token_expiry
 
@@ -93,6 +96,7 @@ class Supervisor:
         self.metrics: SupervisorMetrics
         self.metrics_dir: Path
         self.metrics_port = settings.metrics_port
+        self.calendar = Calendar(parse_hours(settings.market_hours))  # until the holidays come in
 
     async def run(self) -> None:
         async with AsyncExitStack() as stack:
@@ -121,7 +125,18 @@ class Supervisor:
         stack.callback(shutil.rmtree, self.metrics_dir, True)
         use_multiprocess(self.metrics_dir, clean=True)
         self.metrics = SupervisorMetrics(CollectorRegistry(), connections=s.connections, version=__version__)
-        server = serve_metrics(serving_registry(self.metrics_dir), s.metrics_host, s.metrics_port)
+        # What no child can say for itself (the journals' lag, the market while nobody is connected,
+        # the database's own jobs) is computed at each scrape from what the supervisor knows.
+        self.database_watch = DatabaseWatch(self._connect_watch)
+        stack.push_async_callback(self.database_watch.close)
+        self.observed = Observed(
+            journal_root=root,
+            calendar=lambda: self.calendar,
+            database=self.database_watch,
+        )
+        registry = serving_registry(self.metrics_dir)
+        registry.register(ScrapeView(asyncio.get_running_loop(), self.observed.snapshot))
+        server = serve_metrics(registry, s.metrics_host, s.metrics_port)
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
         self.metrics_port = server.server_port
@@ -143,6 +158,9 @@ class Supervisor:
                     f"migrations (from {missing[0].version:03d}_{missing[0].name}): run `collector migrate` "
                     "first (as the database's owner)",
                 )
+            if s.retention_days is not None and await candles_mode(conn) != "continuous_aggregates":
+                # No retention policy on this build: the collector's own job applies the setting.
+                self.observed.retention_s = {"ticks": s.retention_days * 86_400.0}
             universe = await self._universe(conn)
             for row in await conn.fetch(
                 "SELECT connection, max(disconnected_at) AS at FROM feed_sessions GROUP BY 1"
@@ -181,9 +199,10 @@ class Supervisor:
         self.jobs = Jobs(connect=connect_db, metrics=self.metrics, retention_days=s.retention_days)
         self.gapwork = GapWork(
             upstox=self.upstox, jobs=self.jobs, metrics=self.metrics,
-            calendar=Calendar(parse_hours(s.market_hours)), feeds=lambda: list(self.feeds.values()),
+            calendar=self.calendar, feeds=lambda: list(self.feeds.values()),
             shard=self.shards.get, tasks=self._tasks,
         )  # fmt: skip
+        self.observed.follow_calendar(lambda: self.gapwork.calendar)  # with the holidays, once they come
         journals = {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
         for connection in sorted(journals | set(self.shards)):
             self._start_writer(connection)
@@ -195,6 +214,13 @@ class Supervisor:
             len(self.feeds), sum(shard.size for shard in self.shards.values()),
         )  # fmt: skip
         return True
+
+    async def _connect_watch(self) -> asyncpg.Connection:
+        # Its own session, named, so the database's figures never wait on (or hold up) a write.
+        return await connect(
+            self.dsn, command_timeout=COMMAND_TIMEOUT_S,
+            server_settings={"application_name": "collector supervisor"},
+        )  # fmt: skip
 
     async def _universe(self, conn: asyncpg.Connection) -> dict[Mode, list[str]]:
         s = self.settings
@@ -266,8 +292,10 @@ class Supervisor:
         child = Child(
             "feed", connection, module="collector.feed.process", spec=spec, env=self._child_env(),
             metrics=self.metrics, metrics_dir=self.metrics_dir, on_message=self._on_feed_message,
+            on_exit=lambda child: self.observed.feed_exited(child.connection),
         )  # fmt: skip
         self.feeds[connection] = child
+        self.observed.feed_started(connection)
         self._tasks.append(asyncio.create_task(child.run(), name=f"supervise {child.name}"))
 
     def _start_writer(self, connection: int) -> None:
@@ -293,8 +321,13 @@ class Supervisor:
     async def _on_feed_message(self, child: Child, message: Message) -> None:
         match message:
             case Connected(at=at):
+                self.observed.feed_connected(child.connection)
                 # The gap (if any) follows through the journal: backfill it soon.
                 self.gapwork.connected(child.connection, at)
+            case Disconnected(at=at):
+                self.observed.feed_disconnected(child.connection, at)
+            case MarketInfo(statuses=statuses, at=at):
+                self.observed.market_info(child.connection, statuses, at)
             case Authorize():
                 # Holidays first: the first connection of a start-up records the gap since the last run.
                 await self.gapwork.send_calendar(child)

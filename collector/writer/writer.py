@@ -26,9 +26,9 @@ format (:mod:`collector.core.pgcopy`), which the store streams as they are.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -51,6 +51,7 @@ from collector.journal.doorbell import Doorbell
 from collector.journal.events import decode_event
 from collector.journal.files import journal_id
 from collector.journal.format import EVENT, FRAME, Record
+from collector.journal.progress import open_committed, record_committed
 from collector.journal.reader import JournalReader
 from collector.metrics import WriterMetrics
 from collector.options import WriterOptions
@@ -92,6 +93,7 @@ class Writer:
         self.journal = journal_id(directory)
         self._reader = JournalReader(directory)
         self._bell = Doorbell(directory)
+        self._committed_fd = open_committed(directory)
         self._conn: asyncpg.Connection | None = None
         self._db_up: bool | None = None
         self.committed = -1  # the committed position, once known
@@ -122,8 +124,6 @@ class Writer:
                         self._metrics.write_failures.labels("transient").inc()
                         self._set_db_up(False)
                     await self._drop_connection()
-                    with contextlib.suppress(OSError):  # the journal grows while nothing commits: say so
-                        self._publish_journal()
                     delay = next(delays)
                     logger.warning(
                         "connection %s: write failed (%s: %s); reloading from the journal in %.1fs",
@@ -136,6 +136,7 @@ class Writer:
             await self._drop_connection()
             self._reader.close()
             self._bell.close()
+            os.close(self._committed_fd)
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -164,8 +165,8 @@ class Writer:
         oldest = self._reader.oldest()
         position, state = await self._store.load(conn, self.journal, self.connection, oldest)
         self.committed = self._reader.seek(position)
+        record_committed(self._committed_fd, self.committed)
         self._release()
-        self._publish_journal()  # before "reachable": what is left to commit is known then
         self._set_db_up(True)
         sequencer = TickSequencer()
         market = MarketState()
@@ -185,7 +186,6 @@ class Writer:
         first_ns = 0
         inflight: asyncio.Task[None] | None = None
         batch: Batch | None = None
-        lag_published = 0.0
         rechecked = False
         closed = asyncio.Event()
 
@@ -233,9 +233,6 @@ class Writer:
                     continue
                 rechecked = False
                 idle = inflight is None and end == start
-                if now - lag_published >= 1.0:
-                    self._publish_journal()
-                    lag_published = now
                 if idle:
                     if self._reader.position >= self._reader.end():
                         self.caught_up.set()
@@ -298,26 +295,19 @@ class Writer:
         m.batch_rows.observe(len(batch.ticks))
         if batch.first_received_ns:
             m.commit_latency.observe(max(time.time() - batch.first_received_ns / 1e9, 0.0))
-        m.journal_committed.labels(self._label).set(batch.end)
+        # For the supervisor, which reads the lag from the journal folder whatever state we are in.
+        record_committed(self._committed_fd, batch.end)
         self._release()
-        self._publish_journal()
-
-    def _publish_journal(self) -> None:
-        """The journal's bytes on disk, and those not committed (once the committed position is known).
-
-        One folder listing gives both, and the position from which a commit can next free a segment.
-        """
-        end, disk, self._releasable = self._reader.usage()
-        self._metrics.journal_bytes.labels(self._label).set(disk)
-        if self.committed >= 0:
-            self._metrics.journal_lag.labels(self._label).set(max(end - self.committed, 0))
 
     def _release(self) -> None:
         """Delete the segments wholly committed: tried only once the commit can have reached a newer one."""
-        if self.committed >= self._releasable:
-            freed = self._reader.release(self.committed)
-            if freed:
-                logger.debug("connection %s: %d journal bytes released", self.connection, freed)
+        if self.committed < self._releasable:
+            return
+        freed = self._reader.release(self.committed)
+        if freed:
+            logger.debug("connection %s: %d journal bytes released", self.connection, freed)
+        # Where the next attempt can free something: the second segment's start, or today's end.
+        _, _, self._releasable = self._reader.usage()
 
     def _report_skipped(self) -> None:
         skipped, self._reader.skipped = self._reader.skipped, []

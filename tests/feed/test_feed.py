@@ -175,7 +175,10 @@ async def test_tls_authorize_connect_subscribe_ticks(
             assert sim.authorize_calls == 1
             # Market state is kept on the feed side, from market_info.
             assert c.market.is_open("NSE_FO")
-            assert sample(c.registry, "collector_market_open", {"segment": "NSE_FO"}) == 1
+            assert (
+                sample(c.registry, "collector_market_status", {"segment": "NSE_FO", "status": "NORMAL_OPEN"})
+                == 1
+            )
 
 
 async def test_tls_verification_is_on_by_default(ca: tuple[trustme.CA, Path], tmp_path: Path) -> None:
