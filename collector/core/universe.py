@@ -7,7 +7,6 @@ and tokens are reused after expiry.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -17,8 +16,6 @@ from pydantic import BaseModel, Field
 from collector.core.records import Mode
 
 __all__ = ["UniverseFilter", "resolve_universe"]
-
-logger = logging.getLogger(__name__)
 
 
 class UniverseFilter(BaseModel):
@@ -102,8 +99,4 @@ def resolve_universe(
                 )
             ]
         universe.setdefault(f.mode, set()).update(r["instrument_key"] for r in chosen)
-    if unknown:
-        logger.warning(
-            "%d configured keys are not in the instrument master, e.g. %s", len(unknown), unknown[0]
-        )
     return {m: sorted(k) for m, k in universe.items() if k}, unknown

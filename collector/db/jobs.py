@@ -23,7 +23,8 @@ import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from collector.core.times import IST
-from collector.exceptions import CollectorError
+from collector.db.connect import TRANSIENT_ERRORS
+from collector.exceptions import AccessForbidden, CollectorError, TokenRejected
 from collector.metrics import Job, SupervisorMetrics
 
 __all__ = ["Jobs", "apply_retention_policy", "candles_mode"]
@@ -86,6 +87,15 @@ class Jobs:
                 await work(conn)
             finally:
                 await conn.close()
+        except (TokenRejected, AccessForbidden) as exc:
+            # Not this job's failure: the feed's alerts and collector_rest_failures_total show a
+            # token Upstox refuses, and counting it here too would page twice for one cause.
+            logger.warning("job %s skipped: %s", name, exc)
+            return False
+        except (CollectorError, *TRANSIENT_ERRORS) as exc:  # Upstox or the database said no: one line
+            self._metrics.job_failures.labels(name).inc()
+            logger.error("job %s failed: %s: %s", name, type(exc).__name__, exc)
+            return False
         except Exception:
             self._metrics.job_failures.labels(name).inc()
             logger.exception("job %s failed", name)

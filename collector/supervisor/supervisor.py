@@ -96,6 +96,7 @@ class Supervisor:
         self.metrics: SupervisorMetrics
         self.metrics_dir: Path
         self.metrics_port = settings.metrics_port
+        self._empty_universe = "resolves to no instrument"  # why, once the universe is resolved
         self.calendar = Calendar(parse_hours(settings.market_hours))  # until the holidays come in
 
     async def run(self) -> None:
@@ -110,6 +111,17 @@ class Supervisor:
     async def startup(self, stack: AsyncExitStack) -> bool:
         """Everything before streaming; False when a stop request came first."""
         s = self.settings
+        if not (s.subscriptions or s.universe):
+            raise ConfigError(
+                "COLLECTOR_UNIVERSE",
+                "nothing to subscribe: set COLLECTOR_SUBSCRIPTIONS or COLLECTOR_UNIVERSE",
+            )
+        if s.upstox_token is None and s.upstox_token_file is None:
+            # Retrying cannot help: nothing will ever authorize. (A token file may be written later.)
+            raise ConfigError(
+                "COLLECTOR_UPSTOX_TOKEN",
+                "no Upstox token: set COLLECTOR_UPSTOX_TOKEN, or COLLECTOR_UPSTOX_TOKEN_FILE to a file holding one",
+            )
         root = s.journal_dir
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -169,16 +181,12 @@ class Supervisor:
         finally:
             await conn.close()
 
-        if not (s.subscriptions or s.universe):
-            raise ConfigError(
-                "COLLECTOR_UNIVERSE",
-                "nothing to subscribe: set COLLECTOR_SUBSCRIPTIONS or COLLECTOR_UNIVERSE",
-            )
+        if not any(universe.values()):
+            # Running with nothing to subscribe would look healthy and record nothing.
+            raise ConfigError("COLLECTOR_UNIVERSE", self._empty_universe)
         shards, rejected = shard_universe(universe, s.connections, DEFAULT_LIMITS)
         self.shards = {shard.shard_id: shard for shard in shards}
         self._publish_universe(universe, rejected)
-        if not shards:
-            logger.error("the universe resolved to no instrument keys; waiting for the next instrument sync")
 
         tokens = TokenSource(
             token=s.upstox_token.get_secret_value() if s.upstox_token else None,
@@ -233,10 +241,31 @@ class Supervisor:
             rows = [dict(r) for r in await conn.fetch("SELECT * FROM instruments_current")]
         # The master in force, and whether a newer day is held back by the guard.
         await publish_master(conn, self.metrics, current_rows=len(rows))
+        self.metrics.universe_unknown.set(0)
         if not rows:
             logger.warning("no instrument master: subscribing the configured keys unchecked")
+            self._empty_universe = (
+                "the filters need an instrument master and none could be loaded "
+                f"from {display(s.instruments_url)} (COLLECTOR_INSTRUMENTS_URL)"
+            )
             return {m: sorted(set(k)) for m, k in s.subscriptions.items() if k}
-        universe, _unknown = resolve_universe(rows, explicit=s.subscriptions, filters=s.universe)
+        universe, unknown = resolve_universe(rows, explicit=s.subscriptions, filters=s.universe)
+        self.metrics.universe_unknown.set(len(unknown))
+        described = (
+            [f"{len(unknown)} keys of COLLECTOR_SUBSCRIPTIONS not in it (e.g. {unknown[0]})"]
+            if unknown
+            else []
+        )
+        described += [f"filter {f.model_dump(exclude_defaults=True)} matches nothing" for f in s.universe
+                      if not resolve_universe(rows, explicit={}, filters=[f])[0]]  # fmt: skip
+        self._empty_universe = (
+            f"resolves to no instrument of the master in force ({len(rows)} instruments): "
+            + ("; ".join(described) or "nothing configured matches")
+        )
+        if not any(universe.values()):
+            logger.error("universe: %s", self._empty_universe)
+        elif described:
+            logger.warning("universe: %s", "; ".join(described))
         return universe
 
     def _publish_universe(self, universe: dict[Mode, list[str]], rejected: dict[Mode, list[str]]) -> None:
