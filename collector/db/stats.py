@@ -77,7 +77,7 @@ WHERE hypertable_name = ANY($1::text[]) AND dimension_number = 1
 _RETENTION_SQL = """
 SELECT hypertable_name, (config->>'drop_after')::interval AS drop_after
 FROM timescaledb_information.jobs
-WHERE proc_name = 'policy_retention' AND scheduled
+WHERE proc_name = 'policy_retention'  -- paused too: what it should keep is still the rule
 """
 
 
@@ -159,15 +159,18 @@ async def _jobs(conn: asyncpg.Connection) -> list[JobStats]:
                 last_run_success=None if status in (None, "Running") else status == "Success",
                 consecutive_failures=(d["consecutive_failures"] if d else 0) or 0,
                 last_success=_when(d["last_successful_finish"]) if d else None,
-                next_start=r["next_start"],
+                next_start=_when(r["next_start"]),
             )
         )  # fmt: skip
     return out
 
 
 def _when(t: datetime | None) -> datetime | None:
-    # The scheduler writes -infinity for "never"; asyncpg reads it as datetime.min (naive).
-    return t if t is not None and t.tzinfo is not None else None
+    # The scheduler writes -infinity for "never" (and infinity for "not scheduled"); asyncpg reads
+    # them as datetime.min and datetime.max, which are no instants.
+    if t is None or t.tzinfo is None or t.year <= 1 or t.year >= 9999:
+        return None
+    return t
 
 
 async def _relations(conn: asyncpg.Connection) -> list[RelationStats]:
@@ -192,8 +195,8 @@ async def _relations(conn: asyncpg.Connection) -> list[RelationStats]:
             RelationStats(
                 relation=r["relation"], total_bytes=size or 0,
                 chunks=c["chunks"] if c else 0, compressed_chunks=c["compressed"] if c else 0,
-                oldest_chunk_start=c["oldest_start"] if c else None,
-                oldest_chunk_end=c["oldest_end"] if c else None,
+                oldest_chunk_start=_when(c["oldest_start"]) if c else None,
+                oldest_chunk_end=_when(c["oldest_end"]) if c else None,
                 chunk_interval_s=intervals.get(name),
                 columnstore_before_bytes=int(before) if before is not None else None,
                 columnstore_after_bytes=int(after) if after is not None else None,

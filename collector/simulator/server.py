@@ -180,6 +180,11 @@ class Simulator(FeedSide):
     def holidays(self) -> list[dict[str, Any]]:
         return self.api.holidays
 
+    def set_master(self, rows: list[dict[str, Any]]) -> None:
+        """Serve ``rows`` as the instrument master from now on (the market keeps trading what it did)."""
+        self.master = rows
+        self._master_gz = gzip.compress(json.dumps(rows).encode())
+
     def set_holidays(self, holidays: list[dict[str, Any]]) -> None:
         """Replace the holiday list (Upstox's item shape); takes effect at once."""
         self.api.holidays = list(holidays)

@@ -16,10 +16,11 @@ from facts that hold whatever the children do:
   supervisor's own record of its children.
 - **The database's own work**: TimescaleDB's jobs and storage
   (:mod:`collector.db.stats`), read on a connection of its own, at most every
-  ``max_age_s``, each statement within a timeout, so a scrape costs the write
-  path nothing and a slow or absent database costs a scrape at most
-  ``timeout_s``; ``collector_timescaledb_stats_timestamp_seconds`` says how
-  fresh the figures are.
+  ``max_age_s``, each statement within a timeout, in the background: a scrape
+  waits for fresh figures at most ``wait_s`` and otherwise takes the last ones,
+  so it costs the write path nothing and a slow or absent database delays it
+  by a fraction of a second; ``collector_timescaledb_stats_timestamp_seconds``
+  says how fresh the figures are.
 
 The scrape runs in the metrics server's thread; the state lives on the
 supervisor's event loop, so the thread asks the loop for one
@@ -165,7 +166,11 @@ class ScrapeView(Collector):
             future.cancel()
             logger.warning("scrape: the supervisor's state was not ready in time (%s)", type(exc).__name__)
             return []
-        return families(snap)
+        try:
+            return families(snap)
+        except Exception:  # never take the rest of /metrics down with these
+            logger.exception("scrape: the supervisor's series could not be built")
+            return []
 
 
 class DatabaseWatch:
@@ -177,10 +182,12 @@ class DatabaseWatch:
         *,
         max_age_s: float = 10.0,
         timeout_s: float = 3.0,
+        wait_s: float = 0.5,
     ) -> None:
         self._connect = connect
         self.max_age_s = max_age_s
         self.timeout_s = timeout_s
+        self.wait_s = wait_s
         self.stats: DatabaseStats | None = None
         self.read_at: float | None = None
         self._conn: asyncpg.Connection | None = None
@@ -188,11 +195,11 @@ class DatabaseWatch:
         self._failing = False
 
     async def current(self) -> tuple[DatabaseStats | None, float | None]:
-        """The figures, re-read first if they are stale (waiting at most ``timeout_s``)."""
+        """The figures; stale ones are re-read in the background, waited for at most ``wait_s``."""
         if self.read_at is None or time.time() - self.read_at >= self.max_age_s:
             if self._reading is None or self._reading.done():
                 self._reading = asyncio.create_task(self._read(), name="database stats")
-            await asyncio.wait({self._reading}, timeout=self.timeout_s)
+            await asyncio.wait({self._reading}, timeout=self.wait_s)
         return self.stats, self.read_at
 
     async def _read(self) -> None:
