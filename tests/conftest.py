@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support.db import FLAVOURS, Server, migrate_database
+from tests.support.db import Server, chosen_flavours, migrate_database, server_of
 
 ASYNC_TEST_LIMIT_S = 600.0
 # Fixtures that reach a TimescaleDB, or run a promtool that scripts/test installs: a test
@@ -122,33 +121,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
-def _flavours() -> list[str]:
-    if os.environ.get("COLLECTOR_TEST_DATABASE_URL"):
-        return ["external"]
-    wanted = os.environ.get("COLLECTOR_TEST_FLAVOURS", ",".join(FLAVOURS))
-    chosen = [f.strip() for f in wanted.split(",") if f.strip()]
-    unknown = set(chosen) - set(FLAVOURS)
-    if unknown:
-        raise pytest.UsageError(f"COLLECTOR_TEST_FLAVOURS: unknown flavour(s) {sorted(unknown)}")
-    return chosen
-
-
-def _server(flavour: str) -> Server:
-    if flavour == "external":
-        return Server(os.environ["COLLECTOR_TEST_DATABASE_URL"], "external")
-    return Server.local(flavour)
-
-
-@pytest.fixture(scope="session", params=_flavours())
+@pytest.fixture(scope="session", params=chosen_flavours())
 def tsdb(request: pytest.FixtureRequest) -> Server:
-    return _server(request.param)
+    return server_of(request.param)
 
 
 @pytest.fixture(scope="session")
 def single_tsdb() -> Server:
     """One server, for tests whose subject is the collector, not the database: the TSL flavour
     (what users run) unless the run is narrowed to another."""
-    return _server("tsl" if "tsl" in _flavours() else _flavours()[0])
+    return server_of("tsl" if "tsl" in chosen_flavours() else chosen_flavours()[0])
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import subprocess
 import uuid
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import pytest
 
 from collector.db.migrate import migrate
 from tests.support.paths import ROOT
@@ -102,6 +104,25 @@ async def execute(dsn: str, sql: str, *args: Any) -> str:
 def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     """:func:`query` for a test outside an event loop."""
     return asyncio.run(query(dsn, sql, *args))
+
+
+def chosen_flavours() -> list[str]:
+    """The flavours this run tests: ``COLLECTOR_TEST_FLAVOURS`` (both by default), or "external"."""
+    if os.environ.get("COLLECTOR_TEST_DATABASE_URL"):
+        return ["external"]
+    wanted = os.environ.get("COLLECTOR_TEST_FLAVOURS", ",".join(FLAVOURS))
+    chosen = [f.strip() for f in wanted.split(",") if f.strip()]
+    unknown = set(chosen) - set(FLAVOURS)
+    if unknown:
+        raise pytest.UsageError(f"COLLECTOR_TEST_FLAVOURS: unknown flavour(s) {sorted(unknown)}")
+    return chosen
+
+
+def server_of(flavour: str) -> Server:
+    """The server of one of :func:`chosen_flavours`."""
+    if flavour == "external":
+        return Server(os.environ["COLLECTOR_TEST_DATABASE_URL"], "external")
+    return Server.local(flavour)
 
 
 async def migrate_database(dsn: str) -> None:

@@ -46,10 +46,13 @@ from collector.db.jobs import candles_mode
 from collector.journal.files import segment_paths
 from collector.journal.format import HEADER, MAGIC
 from collector.simulator.server import MASTER_PATH, Simulator
-from tests.conftest import FLAVOURS, ROOT, Server, _flavours, _migrate, _server
-from tests.process import CollectorProcess, collector_env, sim_universe
-from tests.stack import free_port
+from tests.support.db import FLAVOURS, Server, chosen_flavours, migrate_database, server_of
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.process import CollectorProcess, collector_env, sim_universe
 
+# A real Prometheus, real collectors, real databases of both flavours.
+pytestmark = [pytest.mark.database, pytest.mark.provisioned]
 RULES = ROOT / "prometheus" / "rules" / "collector.yml"
 Figures = Callable[[str], None]
 
@@ -203,7 +206,7 @@ class Table:
             await conn.close()
         self.databases.append(name)
         dsn = self.server.database(name)
-        await _migrate(dsn)
+        await migrate_database(dsn)
         return dsn
 
     @contextlib.asynccontextmanager
@@ -676,10 +679,11 @@ OTHER_ROWS: list[Scenario] = [
 
 
 def both_servers() -> list[Server]:
-    return [_server(f) for f in _flavours() if f in FLAVOURS]
+    return [server_of(f) for f in chosen_flavours() if f in FLAVOURS]
 
 
 @pytest.mark.limit(1500)
+@pytest.mark.timeout(1600)
 async def test_every_alert_becomes_pending_on_the_failure_it_names(tmp_path: Path, figures: Figures) -> None:
     servers = await asyncio.to_thread(both_servers)
     prom = Prometheus(tmp_path / "prometheus").start()
@@ -835,6 +839,7 @@ async def terminate_writers(server: Server, dsn: str) -> int:
 
 
 @pytest.mark.limit(1200)
+@pytest.mark.timeout(1300)
 async def test_normal_operation_makes_no_alert_pending(tmp_path: Path, figures: Figures) -> None:
     servers = await asyncio.to_thread(both_servers)
     prom = Prometheus(tmp_path / "prometheus").start()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from collector.simulator.server import MASTER_PATH, Simulator
-from tests.process import CollectorProcess, collector_env, sim_universe
+from tests.support.process import CollectorProcess, collector_env, sim_universe
 
 
 def run_once(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
