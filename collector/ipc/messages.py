@@ -49,17 +49,25 @@ __all__ = [
 
 
 class _Message:
-    """Encoding shared by the messages whose fields are plain JSON values."""
+    """Encoding shared by the messages whose fields are plain JSON values or datetimes (ISO 8601)."""
 
     __slots__ = ()
     op: ClassVar[str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"op": self.op, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}  # type: ignore[arg-type]
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {
+            "op": self.op,
+            **{k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()},
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Self:
-        return cls(**{k: v for k, v in data.items() if k != "op"})
+        # Annotations are strings here (postponed evaluation): "datetime" names the one type to parse.
+        times = {f.name for f in dataclasses.fields(cls) if f.type == "datetime"}  # type: ignore[arg-type]
+        return cls(
+            **{k: datetime.fromisoformat(v) if k in times else v for k, v in data.items() if k != "op"}
+        )
 
 
 # -- either way ---------------------------------------------------------------------------
@@ -221,13 +229,6 @@ class Connected(_Message):
     op = "connected"
     at: datetime
 
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.op, "at": self.at.isoformat()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Self:
-        return cls(datetime.fromisoformat(data["at"]))
-
 
 @dataclass(frozen=True, slots=True)
 class Disconnected(_Message):
@@ -235,13 +236,6 @@ class Disconnected(_Message):
 
     op = "disconnected"
     at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.op, "at": self.at.isoformat()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Self:
-        return cls(datetime.fromisoformat(data["at"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,13 +245,6 @@ class MarketInfo(_Message):
     op = "market_info"
     statuses: dict[str, str]
     at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.op, "statuses": self.statuses, "at": self.at.isoformat()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Self:
-        return cls(dict(data["statuses"]), datetime.fromisoformat(data["at"]))
 
 
 Message = (
