@@ -1,14 +1,16 @@
 """Command line: ``collector run | migrate | instruments sync | simulate | replay | export``.
 
-Settings come from ``COLLECTOR_*`` environment variables (see the README).
-Exit status 2, with one line naming what failed, when a command cannot do its
-work with what it was given: a bad setting or argument, an instrument master
-that ``instruments sync`` refuses, holds back or cannot fetch (its URL is
-named), a database that does not answer at ``COLLECTOR_DATABASE_URL`` (never
-the password) or lacks its migrations. Status 1 when it fails while working.
-Signals are handled here only: the first SIGINT, SIGTERM or SIGHUP (the
-terminal or SSH session went away) starts a graceful shutdown, a second one
-exits at once.
+Settings come from ``COLLECTOR_*`` environment variables or a ``.env`` file in
+the working directory (docs/settings.md lists them). Exit status 2, with one
+line naming what failed, when a command cannot do its work with what it was
+given: a bad setting or argument, an instrument master that ``instruments
+sync`` refuses, holds back or cannot fetch (its URL is named), a database that
+does not answer at ``COLLECTOR_DATABASE_URL`` (never the password) or lacks its
+migrations. Status 1 when it fails while working. The first SIGINT, SIGTERM or
+SIGHUP (the terminal or SSH session went away) starts a graceful shutdown, a
+second one exits at once.
+
+Signals are handled here only. ``collector --help`` shows the paragraph above.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import errno
 import logging
 import math
 import os
+import re
 import signal
 import ssl
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
 from collector.core.master import MasterRejected
@@ -83,9 +88,33 @@ def _rate(text: str) -> float:
     return rate
 
 
+def _plain(text: str) -> str:
+    """A docstring as a terminal shows it: no reStructuredText markup (``x``, :class:`x`)."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+def _version() -> str:
+    try:
+        return version("collector")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+# The help's own words; the module docstring says the rest (exit status, signals) below the commands.
+_DESCRIPTION = (
+    "Stream Upstox V3 market data into TimescaleDB (collector run), and the tools around it: migrations, "
+    "the instrument master, a simulator of Upstox, replay and export of what was recorded."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="collector", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = p.add_subparsers(dest="command", required=True)
+    from collector.simulator.server import MASTER_PATH
+
+    epilog = _plain(__doc__.split("\n\n")[1]) if __doc__ else None
+    p = _Parser(prog="collector", description=_DESCRIPTION, epilog=epilog)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", help="stream the configured universe into TimescaleDB")
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     inst = sub.add_parser("instruments", help="instrument master commands")
@@ -98,13 +127,32 @@ def _parser() -> argparse.ArgumentParser:
         help="make this master current even if it is much smaller than the last accepted one "
         "(COLLECTOR_INSTRUMENTS_MIN_RATIO) or more than 10%% of its rows are unusable",
     )
-    sim = sub.add_parser("simulate", help="serve a local Upstox V3 stand-in")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=_port, default=8700)
-    sim.add_argument("--token", default=os.environ.get("COLLECTOR_SIMULATOR_TOKEN", "sim-token"))
-    sim.add_argument("--rate", type=_rate, default=1000.0, help="ticks per second over all connections")
-    sim.add_argument("--stocks", type=_at_least(1), default=50, help="equities in the generated master")
-    sim.add_argument("--max-connections", type=_at_least(1), default=2)
+    what = (
+        "Serve a generated market over the Upstox V3 feed protocol, with the REST endpoints a collector "
+        "uses (authorize, candles, holidays) and an instrument master. Point a collector at it with:"
+    )
+    sim = sub.add_parser(
+        "simulate",
+        help="serve a local Upstox V3 stand-in",
+        # Raw, so that the URLs stay whole lines to copy (argparse would break them at hyphens).
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(what, 78) + "\n\n  COLLECTOR_UPSTOX_API_URL=http://HOST:PORT\n"
+        "  COLLECTOR_UPSTOX_TOKEN=TOKEN\n"
+        f"  COLLECTOR_INSTRUMENTS_URL=http://HOST:PORT{MASTER_PATH}",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=_port, default=8700, help="port to listen on (default 8700)")
+    sim.add_argument(
+        "--token", default=os.environ.get("COLLECTOR_SIMULATOR_TOKEN", "sim-token"),
+        help="the Bearer token clients must send (default: $COLLECTOR_SIMULATOR_TOKEN or sim-token)",
+    )  # fmt: skip
+    sim.add_argument(
+        "--rate", type=_rate, default=1000.0, help="ticks per second over all connections (default 1000)"
+    )
+    sim.add_argument(
+        "--stocks", type=_at_least(1), default=50, help="equities in the generated master (default 50)"
+    )
+    sim.add_argument("--max-connections", type=_at_least(1), default=2, help="sockets at once (default 2)")
     sim.add_argument(
         "--replay-states", type=_at_least(0), default=0,
         help="benchmarks: replay this many pre-built states per instrument instead of building each tick",

@@ -13,15 +13,46 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 from collector.simulator.market import generate_master
+from collector.simulator.server import MASTER_PATH
 from tests.support.db import connection
 from tests.support.paths import ROOT
 from tests.support.ports import free_port, wait_port
 from tests.support.process import run_cli
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["migrate"], ["instruments", "sync"], ["simulate"], ["replay"], ["export"]]
+)
+def test_help_is_plain_text(command: list[str]) -> None:
+    """Issue 17: ``collector --help`` printed the module docstring's reStructuredText."""
+    result = run_cli(*command, "--help", env={"COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    assert "``" not in result.stdout and ":class:" not in result.stdout and ":mod:" not in result.stdout
+    if not command:
+        assert "COLLECTOR_" in result.stdout and "Exit status 2" in result.stdout
+        assert "--version" in result.stdout
+
+
+def test_simulate_help_says_how_to_point_a_collector_at_it() -> None:
+    text = run_cli("simulate", "--help").stdout
+    assert "sim-token" in text
+    for line in (
+        "COLLECTOR_UPSTOX_API_URL=http://HOST:PORT",
+        f"COLLECTOR_INSTRUMENTS_URL=http://HOST:PORT{MASTER_PATH}",
+    ):
+        assert f"  {line}\n" in text, text
+
+
+def test_version_is_the_installed_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"collector {version('collector')}\n"
 
 
 @pytest.mark.parametrize(
