@@ -2,7 +2,7 @@
 
 Built once at the entry point and passed down as explicit arguments.
 Precedence: environment variables, then ``.env`` in the working directory,
-then the defaults below. The README lists every setting.
+then the defaults below. docs/settings.md lists every setting.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Upstox publishes the master as gzipped JSON, a list of one object per
 contract (shared/docs/upstox-v3.md, section 4). :func:`parse_master` turns
 bytes into rows ready for the ``instruments`` table and judges them
-(README, "The instrument master"):
+(docs/settings.md, "The instrument master"):
 
 - **Refused whole** (:class:`MasterRejected`): an empty file, bytes that are
   neither gzip nor JSON, a broken gzip stream (a truncated download), JSON

@@ -1,7 +1,7 @@
 """The production storage path: the columnstore, late rows into it, and the policies `collector migrate` sets.
 
 Where TimescaleDB has the columnstore (TSL) a day-old chunk of ticks is
-converted and must answer the README's queries exactly as before, and a
+converted and must answer the documented queries (docs/data.md) exactly as before, and a
 journal replay of that day must insert into it. The Apache build has no
 columnstore: the same replay and queries run on the row store, and the
 columnstore API must refuse (so the migrations were right not to use it).
@@ -25,9 +25,9 @@ import pytest
 from collector.db.jobs import LEVELS, candles_mode
 from tests.support.candles import WIDTHS, expected, generate_day, ingest, refresh, session
 from tests.support.db import connection, login
-from tests.support.paths import ROOT
+from tests.support.docs import DATA_DOC
 
-# The README's queries, and the ones Grafana's dashboards make, for one instrument of the day.
+# The documented queries (docs/data.md), and the ones Grafana's dashboards make, for one instrument of the day.
 QUERIES = {
     "latest ticks": "SELECT time, ltp, ltq, vtt FROM ticks WHERE instrument_key = 'NSE_FO|1' "
     "ORDER BY time DESC LIMIT 20",
@@ -41,7 +41,7 @@ QUERIES = {
     "AND bucket >= $1 AND bucket < $2 ORDER BY bucket",
 }
 # Where continuous aggregates exist: level -> (start_offset, end_offset, schedule_interval), as 003 sets
-# them and the README ("Versions") documents them.
+# them and docs/data.md documents them.
 REFRESH_POLICIES = {
     "candles_1m": ("3 days", "00:01:00", timedelta(minutes=1)),
     "candles_5m": ("3 days", "00:05:00", timedelta(minutes=5)),
@@ -208,18 +208,18 @@ async def test_policies_exist_with_the_documented_settings(database: str, tmp_pa
             assert await conn.fetchval(f"SELECT sum(ticks) FROM {level}") == 1, level
 
 
-def test_the_readme_documents_these_policies() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Versions", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_document_these_policies() -> None:
+    text = DATA_DOC.read_text()
+    section = text.split("### Policies with the Timescale License code", 1)[1].split("\n## ", 1)[0]
     for level, (start_offset, end_offset, every) in REFRESH_POLICIES.items():
         pattern = rf"\| `{level}` \| {re.escape(_human(start_offset))} \| {re.escape(_human(end_offset))} \| "
         pattern += rf"{re.escape(_human(every))} \|"
-        assert re.search(pattern, section), f"README, Versions: no row for {level}"
+        assert re.search(pattern, section), f"{DATA_DOC.name}, policies: no row for {level}"
     assert "after 2 days" in section and "`COLLECTOR_RETENTION_DAYS`" in section
 
 
 def _human(value: str | timedelta) -> str:
-    """'3 days', '00:05:00' or timedelta(minutes=5) as the README writes it: '3 days', '5 minutes'."""
+    """'3 days', '00:05:00' or timedelta(minutes=5) as the docs write it: '3 days', '5 minutes'."""
     if isinstance(value, str) and ":" not in value:
         return value
     if isinstance(value, str):

@@ -2,7 +2,7 @@
 
 Parsing is checked on bytes; loading through the real command
 (``python -m collector instruments sync``) and ``collector run`` against a
-real TimescaleDB. What each test shows is also what the README promises
+real TimescaleDB. What each test shows is also what docs/settings.md promises
 ("The instrument master").
 
 ``COLLECTOR_MASTER_ROWS`` sizes the large-master test (default 20 000; the

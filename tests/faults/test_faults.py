@@ -4,7 +4,7 @@ The collector runs as users run it (``collector run``) against the simulator
 at 5 000 ticks/s; each test injects one fault, lets the collector recover,
 then counts every tick per instrument against what the simulator sent: lost
 and duplicated. The figures are printed at the end of the run ("figures
-measured by the fault tests") and summarised in the README ("Reliability").
+measured by the fault tests") and summarised in docs/reliability.md.
 """
 
 from __future__ import annotations

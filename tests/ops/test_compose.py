@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from collector.metrics import SupervisorMetrics
 from collector.settings import Settings
 from collector.supervisor.serving import serve_metrics
-from tests.support.docs import SETTINGS_DOC, settings_paragraph, settings_table
+from tests.support.docs import SETTINGS_DOC, VERSIONS_DOC, settings_paragraph, settings_table
 from tests.support.paths import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -50,9 +50,9 @@ def test_pins_are_the_versions_ci_tests_and_current_majors() -> None:
     assert services["timescaledb"]["image"] == f"timescale/timescaledb:{version.group(1)}-pg17"
     assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", services["prometheus"]["image"])
     assert re.fullmatch(r"grafana/grafana:12\.\d+\.\d+", services["grafana"]["image"])
-    readme = (ROOT / "README.md").read_text()
+    versions = VERSIONS_DOC.read_text()
     for name in ("timescaledb", "prometheus", "grafana"):
-        assert f"`{services[name]['image']}`" in readme, f"README: {name}'s pinned version"
+        assert f"`{services[name]['image']}`" in versions, f"{VERSIONS_DOC.name}: {name}'s pinned version"
 
 
 def test_the_collector_keeps_its_journal_and_has_time_to_drain() -> None:
