@@ -43,8 +43,9 @@ import pytest
 from collector.core.times import IST
 from collector.db.instruments import read_master, store_master
 from collector.db.jobs import candles_mode
-from collector.journal.files import segment_paths
+from collector.journal.files import segments
 from collector.journal.format import HEADER, MAGIC
+from collector.journal.progress import read_committed
 from collector.simulator.server import MASTER_PATH, Simulator
 from tests.support.db import FLAVOURS, Server, chosen_flavours, migrate_database, server_of
 from tests.support.paths import ROOT
@@ -596,12 +597,18 @@ async def database_away(t: Table, phase1: Awaitable[None]) -> None:
             failing = await t.prom.active("CollectorWriterFailing", c.metrics_port, 180)
             t.record("CollectorWriterFailing", "the database server stopped", failing)
             t.record("CollectorJournalGrowing", "the database server stopped", await growing)
-            # A record the writer has not read yet turns corrupt on disk (a bit flip).
-            newest = segment_paths(c.workdir / "journal" / "0")[-1]
-            data = bytearray(newest.read_bytes())
-            at = data.find(MAGIC, len(data) // 2)
-            assert at > 0
-            with newest.open("r+b") as f:
+            # A record the writer has not read yet turns corrupt on disk (a bit flip): one just past
+            # the committed position, so that the writer meets it as soon as the server is back.
+            journal = c.workdir / "journal" / "0"
+            committed = read_committed(journal) or 0
+            for base, path in segments(journal):
+                data = path.read_bytes()
+                at = data.find(MAGIC, max(committed - base, 0) + 1)
+                if base + len(data) > committed and at > 0:
+                    break
+            else:
+                raise AssertionError(f"no uncommitted record after {committed} in {journal}")
+            with path.open("r+b") as f:
                 f.seek(at + HEADER.size + 5)
                 f.write(bytes([data[at + HEADER.size + 5] ^ 0xFF]))
             flipped = time.monotonic()
