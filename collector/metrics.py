@@ -345,6 +345,11 @@ class ReplayMetrics:
         self.span_end = f.gauge(
             "replay_span_end_timestamp_seconds", "Unix time the replayed span ends (excluded)", mode="livemax"
         )
+        # What the span holds, read once at start-up: the size of the job ahead.
+        self.span_keys = f.gauge(
+            "replay_span_keys", "Instrument keys with ticks in the replayed span", mode="livemax"
+        )
+        self.span_ticks = f.gauge("replay_span_ticks", "Ticks recorded in the replayed span", mode="livemax")
         self.position = f.gauge(
             "replay_position_timestamp_seconds",
             "The replay clock: the recorded time (received_at) replayed up to",

@@ -124,6 +124,8 @@ class ReplayServer(FeedServer):
         m = metrics
         m.span_start.set(recording.start.timestamp())
         m.span_end.set(recording.end.timestamp())
+        m.span_keys.set(len(recording.keys))
+        m.span_ticks.set(recording.ticks)
         m.position.set(recording.start.timestamp())
         m.speed.set(math.inf if speed is None else speed)
 

@@ -227,6 +227,8 @@ async def test_max_speed_serves_every_frame_and_modes_as_recorded_or_less(
         assert server.recording.carried_bars > 0
         assert sample(replay.registry, "collector_replay_mode_fallbacks_total") == 2  # equity and option
         assert sample(replay.registry, "collector_replay_finished") == 1
+        assert sample(replay.registry, "collector_replay_span_ticks") == server.recording.ticks > 0
+        assert sample(replay.registry, "collector_replay_span_keys") == len(server.recording.keys)
 
 
 async def test_a_late_subscriber_gets_the_state_at_the_clock(small: Small, single_migrated: str) -> None:
