@@ -118,11 +118,6 @@ async def replay(args: argparse.Namespace, settings: Settings, stop: asyncio.Eve
             ssl_context=context, wait_clients=args.clients, max_connections=args.max_connections,
         )  # fmt: skip
         http = None
-        if args.metrics_port:
-            try:
-                http = serve_metrics(registry, args.host, args.metrics_port)
-            except ConfigError as exc:
-                raise UsageError(f"--metrics-port: {str(exc).partition(': ')[2]}") from None
         try:
             try:
                 await server.start()
@@ -130,6 +125,12 @@ async def replay(args: argparse.Namespace, settings: Settings, stop: asyncio.Eve
                 raise UsageError(
                     f"--port: cannot listen on {args.host}:{args.port}: {exc.strerror}"
                 ) from None
+            # /metrics second: once it answers (with the span), the feed port is listening too.
+            if args.metrics_port:
+                try:
+                    http = serve_metrics(registry, args.host, args.metrics_port)
+                except ConfigError as exc:
+                    raise UsageError(f"--metrics-port: {str(exc).partition(': ')[2]}") from None
             print(f"replay: COLLECTOR_UPSTOX_API_URL={server.url}", flush=True)
             done = asyncio.create_task(server.wait())
             stopped = asyncio.create_task(stop.wait())
