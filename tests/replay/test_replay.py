@@ -29,6 +29,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -48,6 +49,7 @@ from collector.core.requests import encode_request
 from collector.core.span import ist_day
 from collector.simulator.server import Simulator
 from tests.support.db import Server, execute, migrate_database, query
+from tests.support.metrics import total
 from tests.support.process import CollectorProcess
 from tests.support.recorded import Recorded, ReplayProcess, record, refresh_candles
 
@@ -129,18 +131,30 @@ async def test_round_trip_at_max_speed_gives_back_every_tick_and_candle(
             }
             with CollectorProcess(tmp_path, env) as collector:
                 started = time.monotonic()
-                status = await replay.until("finished", 600)
+                scraped = await replay.until("collector_replay_finished", 600)
                 took = time.monotonic() - started
                 await settled(collector)
                 rc, _ = await collector.stop()
                 assert rc == 0, collector.tail()
+            # Its own metrics pass Prometheus' lint, new gauges included.
+            body = await asyncio.to_thread(replay.metrics_text)
+            checked = await asyncio.to_thread(
+                subprocess.run, ["promtool", "check", "metrics"], input=body, capture_output=True, text=True
+            )
+            assert checked.returncode == 0, checked.stdout + checked.stderr
             assert await replay.stop() == 0, replay.tail()
         assert "replay reached the end of the span" in replay.tail()
         await compare(a, b)
+        # The span is all of A: the replay's span gauges say what A holds.
+        [held] = await query(a, "SELECT count(*) AS ticks, count(DISTINCT instrument_key) AS keys FROM ticks")
+        ticks = total(scraped, "collector_replay_span_ticks")
+        keys = total(scraped, "collector_replay_span_keys")
+        assert (ticks, keys) == (held["ticks"], held["keys"]), (ticks, keys, dict(held))
         span = (recorded.end - recorded.start).total_seconds()
+        frames = total(scraped, "collector_replay_frames_sent_total")
         figures(
-            f"{status['ticks']} ticks of {status['keys']} keys, {span:.0f} s recorded, replayed at max into a "
-            f"second collector in {took:.1f} s (shared machine); {status['frames_sent']} frames sent"
+            f"{ticks:.0f} ticks of {keys:.0f} keys, {span:.0f} s recorded, replayed at max into a "
+            f"second collector in {took:.1f} s (shared machine); {frames:.0f} frames sent"
         )
     finally:
         await execute(single_tsdb.dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -266,7 +280,7 @@ async def test_frames_leave_on_schedule(recorded: Recorded, tmp_path: Path, spee
                     arrivals.append((time.monotonic(), message))
 
             reader = asyncio.create_task(read())
-            await replay.until("finished", wall_s * 3 + 30)
+            await replay.until("collector_replay_finished", wall_s * 3 + 30)
             await asyncio.sleep(0.5)
             reader.cancel()
         assert await replay.stop() == 0
@@ -391,10 +405,11 @@ async def test_the_official_sdk_decodes_replayed_frames_to_what_the_database_hol
         streamer.on("message", dicts.append)
         streamer.connect()
         try:
-            status = await replay.until("finished", 240)
+            scraped = await replay.until("collector_replay_finished", 240)
+            feeds_sent = total(scraped, "collector_replay_feeds_sent_total")
             deadline = time.monotonic() + 60
-            while sum(len(f.feeds) for f in streamer.raw) < status["feeds_sent"]:
-                assert time.monotonic() < deadline, (len(streamer.raw), status)
+            while sum(len(f.feeds) for f in streamer.raw) < feeds_sent:
+                assert time.monotonic() < deadline, (len(streamer.raw), feeds_sent)
                 await asyncio.sleep(0.2)
         finally:
             streamer.disconnect()
@@ -450,7 +465,7 @@ async def test_the_official_sdk_decodes_replayed_frames_to_what_the_database_hol
             else:
                 assert row["kind"] == "ltpc"
             seen += 1
-    assert seen == status["feeds_sent"] and seen >= len(rows)
+    assert seen == feeds_sent and seen >= len(rows)
     assert checked_bars == len(bars)
 
 

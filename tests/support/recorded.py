@@ -3,13 +3,12 @@
 :func:`record` streams the simulator into a database through ``collector run``
 (two connections, every mode, reconnects and market status changes on the
 way) and returns the span it covers. :class:`ReplayProcess` runs
-``python -m collector replay`` against a database and reads its status.
+``python -m collector replay`` against a database and reads its ``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -20,11 +19,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from collector.core.span import day_bounds
 from collector.simulator.server import Simulator
 from tests.support.db import connection
+from tests.support.metrics import Samples, scrape, total
 from tests.support.ports import free_port
 from tests.support.process import CollectorProcess, collector_env
 
@@ -100,9 +99,10 @@ class ReplayProcess:
         self.workdir = workdir
         self.log = workdir / "replay.log"
         self.port = free_port()
+        self.metrics_port = free_port()
         self.token = token
         self.args = [
-            "--port", str(self.port), "--metrics-port", "0", "--token", token, *args,
+            "--port", str(self.port), "--metrics-port", str(self.metrics_port), "--token", token, *args,
         ]  # fmt: skip
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")},
@@ -125,27 +125,33 @@ class ReplayProcess:
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
-    def status(self) -> dict[str, Any]:
-        """``GET /replay/status``; {} while nothing listens."""
-        try:
-            with urllib.request.urlopen(self.url + "/replay/status", timeout=5) as response:
-                return json.loads(response.read())  # type: ignore[no-any-return]
-        except OSError:
-            return {}
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    async def until(self, what: str, timeout_s: float = 120) -> dict[str, Any]:
-        """Wait until the status says ``what`` (e.g. "finished"); returns the status."""
+    def scrape(self) -> Samples:
+        """The replay's ``/metrics``; {} while nothing listens."""
+        return scrape(self.metrics_url)
+
+    def metrics_text(self) -> str:
+        """The replay's ``/metrics`` as served, for promtool."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return str(response.read().decode())
+
+    async def until(self, metric: str, timeout_s: float = 120) -> Samples:
+        """Wait until ``metric`` is above 0 (e.g. ``collector_replay_finished``); returns the scrape."""
         deadline = time.monotonic() + timeout_s
         while True:
             assert self.proc is not None and self.proc.poll() is None, f"replay exited:\n{self.tail()}"
-            status = await asyncio.to_thread(self.status)
-            if status.get(what):
-                return status
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {status}\n{self.tail()}"
+            samples = await asyncio.to_thread(self.scrape)
+            if total(samples, metric) > 0:
+                return samples
+            assert time.monotonic() < deadline, f"timed out waiting for {metric}\n{self.tail()}"
             await asyncio.sleep(0.2)
 
-    async def listening(self, timeout_s: float = 60) -> None:
-        await self.until("to", timeout_s)
+    async def listening(self, timeout_s: float = 60) -> Samples:
+        """Until the replay serves: its ``/metrics`` answers with the span, after the feed port listens."""
+        return await self.until("collector_replay_span_end_timestamp_seconds", timeout_s)
 
     async def stop(self, timeout_s: float = 30) -> int:
         assert self.proc is not None
