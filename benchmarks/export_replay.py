@@ -46,6 +46,7 @@ import asyncpg  # noqa: E402
 
 from collector.core.span import day_bounds  # noqa: E402
 from collector.db.migrate import migrate  # noqa: E402
+from tests.support.metrics import Samples, scrape, total  # noqa: E402
 from tests.support.recorded import synthetic  # noqa: E402
 
 __all__ = ["bench_export", "bench_replay", "report"]
@@ -167,15 +168,15 @@ async def bench_replay(dsn: str) -> dict[str, Any]:
         kinds = {k: v[-1] for k, v in recording.keys.items()}
     finally:
         await conn.close()
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "replay", "--from", start.isoformat(), "--to", end.isoformat(),
-         "--speed", "max", "--port", str(port), "--metrics-port", "0"],
+         "--speed", "max", "--port", str(port), "--metrics-port", str(metrics_port)],
         env=_env(dsn), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        base = f"http://127.0.0.1:{port}"
-        status = await _wait_status(base, lambda s: bool(s))
+        base, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+        await _wait_metric(metrics, "collector_replay_span_end_timestamp_seconds")  # the feed port listens
         request = urllib.request.Request(
             base + "/v3/feed/market-data-feed/authorize", headers={"Authorization": "Bearer replay-token"}
         )
@@ -196,18 +197,20 @@ async def bench_replay(dsn: str) -> dict[str, Any]:
                     got += 1
 
             reader = asyncio.create_task(read())
-            status = await _wait_status(base, lambda s: bool(s.get("finished")), timeout_s=600)
+            scraped = await _wait_metric(metrics, "collector_replay_finished", timeout_s=600)
             took = time.perf_counter() - began
             reader.cancel()
     finally:
         proc.terminate()
         proc.wait(30)
+    feeds_sent = int(total(scraped, "collector_replay_feeds_sent_total"))
+    frames_sent = int(total(scraped, "collector_replay_frames_sent_total"))
     return {
-        "replay_ticks": status["feeds_sent"],
-        "replay_frames": status["frames_sent"],
-        "replay_ticks_per_s": status["feeds_sent"] / took,
-        "replay_frames_per_s": status["frames_sent"] / took,
-        "read_only_ticks_per_s": status["feeds_sent"] / read_s,
+        "replay_ticks": feeds_sent,
+        "replay_frames": frames_sent,
+        "replay_ticks_per_s": feeds_sent / took,
+        "replay_frames_per_s": frames_sent / took,
+        "read_only_ticks_per_s": feeds_sent / read_s,
         "frames_read": frames,
     }
 
@@ -220,19 +223,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _wait_status(
-    base: str, done: Callable[[dict[str, Any]], bool], timeout_s: float = 120
-) -> dict[str, Any]:
+async def _wait_metric(url: str, name: str, timeout_s: float = 120) -> Samples:
+    """Until ``name`` is above 0 at ``url`` (the replay's /metrics); returns the scrape."""
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            with urllib.request.urlopen(base + "/replay/status", timeout=5) as response:
-                status: dict[str, Any] = json.loads(response.read())
-            if done(status):
-                return status
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the replay did not get there in time"
+        samples = await asyncio.to_thread(scrape, url)
+        if total(samples, name) > 0:
+            return samples
+        assert time.monotonic() < deadline, f"the replay did not get to {name} in time"
         await asyncio.sleep(0.1)
 
 
