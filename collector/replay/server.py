@@ -54,11 +54,10 @@ from collector.replay.clock import ReplayClock
 from collector.replay.recording import RecordedFrame, Recording
 from collector.supervisor.upstox import HOLIDAYS_PATH
 
-__all__ = ["LOG_EVERY_S", "QUIET_S", "STATUS_PATH", "ReplayServer"]
+__all__ = ["LOG_EVERY_S", "QUIET_S", "ReplayServer"]
 
 logger = logging.getLogger(__name__)
 
-STATUS_PATH = "/replay/status"
 QUIET_S = 0.5
 LOG_EVERY_S = 10.0
 READ_AHEAD = 500  # recorded frames read ahead of the clock
@@ -161,32 +160,12 @@ class ReplayServer(FeedServer):
     # -- HTTP -------------------------------------------------------------------------
 
     async def route(self, request: Request, path: str, query: Query) -> Response | None:
-        if path == STATUS_PATH:
-            return self.json(200, self.status())
         if path == HOLIDAYS_PATH:
             # The recorded holiday list, so a collector reading the replay has its calendar.
             return self.unauthorized(request) or self.json(
                 200, {"status": "success", "data": self.recording.holidays}
             )
         return None
-
-    def status(self) -> dict[str, object]:
-        """What ``GET /replay/status`` answers."""
-        return {
-            "from": self.recording.start.isoformat(),
-            "to": self.recording.end.isoformat(),
-            "speed": "max" if self.clock.speed is None else self.clock.speed,
-            "position": self.clock.position(time.monotonic()).isoformat(),
-            "started": self.started.is_set(),
-            "finished": self.finished.is_set(),
-            "clients": len(self.clients),
-            "frames_sent": self.frames_sent,
-            "feeds_sent": self.feeds_sent,
-            "keys": len(self.recording.keys),
-            "ticks": self.recording.ticks,
-            "bars_carried": self.recording.carried_bars,
-            "bars_unplaced": self.recording.unplaced_bars,
-        }
 
     # -- the protocol's hooks ---------------------------------------------------------
 
