@@ -126,3 +126,32 @@ def test_the_scheduled_jobs_are_one_table() -> None:
     assert "unit" not in jobs["fieldConfig"]["defaults"]
     # A job that never succeeded has no age (not "56.9 years": time() - 0).
     assert "> 0" in jobs["targets"][0]["expr"]
+
+
+def test_the_timescaledb_jobs_are_one_table() -> None:
+    """The database's own jobs, built as the scheduled jobs are: one row per job, every column."""
+    jobs = panel(load(BOARD), "TimescaleDB jobs")
+    assert jobs["type"] == "table"
+    for target in jobs["targets"]:
+        assert target["instant"] is True and target["range"] is False and target["format"] == "table"
+        assert "by (job_id, proc, relation)" in target["expr"]
+    assert [t["id"] for t in jobs["transformations"]] == ["merge", "organize"]
+    organize = jobs["transformations"][1]["options"]
+    renamed = organize["renameByName"]
+    assert {renamed[k] for k in ("proc", "relation", "job_id")} == {"Job", "Relation", "Job id"}
+    # Every query has its column, in order, named.
+    values = [f"Value #{t['refId']}" for t in jobs["targets"]]
+    assert sorted(organize["indexByName"], key=organize["indexByName"].get)[3:] == values
+    assert set(values) <= set(renamed)
+    units = {
+        o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+        for o in jobs["fieldConfig"]["overrides"]
+    }
+    # Ages and intervals in seconds, counts as whole numbers, the last run as words.
+    for column in ("Since last success", "Next start in", "Interval"):
+        assert units[column]["unit"] == "s"
+    for column in ("Failures in a row", "Runs", "Failures"):
+        assert units[column]["unit"] == "none" and units[column]["decimals"] == 0
+    [mapping] = units["Last run"]["mappings"]
+    assert {k: v["text"] for k, v in mapping["options"].items()} == {"0": "failed", "1": "ok"}
+    assert "unit" not in jobs["fieldConfig"]["defaults"]
