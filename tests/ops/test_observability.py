@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.core.batch import Batch
 from collector.db.jobs import Jobs
+from collector.db.stats import RELATIONS
 from collector.metrics import SupervisorMetrics, WriterMetrics
 from collector.writer.store import BatchStore
 from tests.support.db import Server, connection
@@ -49,7 +51,8 @@ def stack(tsdb: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
             await conn.execute(sql)
 
     asyncio.run(admin(f"CREATE DATABASE {name}"))
-    s = Stack(tsdb.database(name), tmp_path_factory.mktemp("stack"))
+    # With a retention, as a deployment has: the storage panels then show what it is held to.
+    s = Stack(tsdb.database(name), tmp_path_factory.mktemp("stack"), env={"COLLECTOR_RETENTION_DAYS": "30"})
     try:
         s.start()
         wait(lambda: s.metric("collector_rows_written_total", table="ticks") > 3000, 90, "ticks")
@@ -144,16 +147,31 @@ def test_a_feed_drop_makes_the_disconnect_alert_true(stack: Stack) -> None:
     wait(lambda: stack.query("collector_feed_connected == 1"), 120, "reconnected")
 
 
-def test_the_scheduled_jobs_table_reads_as_one_row_per_job(stack: Stack) -> None:
-    """The panel's instant queries, merged on their labels as Grafana's merge transformation does."""
+def collector_panel(title: str) -> dict[str, Any]:
     board = json.loads((ROOT / "grafana" / "dashboards" / "collector.json").read_text())
-    jobs = next(p for p in board["panels"] if p["title"] == "Scheduled jobs")
-    wait(lambda: bool(stack.query(jobs["targets"][0]["expr"])), 30, "a job's last success scraped")
-    table: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
-    for target in jobs["targets"]:
+    return next(p for p in board["panels"] if p["title"] == title)  # type: ignore[no-any-return]
+
+
+Table = dict[tuple[tuple[str, str], ...], dict[str, float]]
+
+
+def instant_table(stack: Stack, panel: dict[str, Any]) -> Table:
+    """The panel's instant queries, merged on their labels as Grafana's merge transformation does:
+    labels -> {refId: value}."""
+    table: Table = {}
+    for target in panel["targets"]:
         for series in stack.query(target["expr"]):
             row = table.setdefault(tuple(sorted(series["metric"].items())), {})
             row[target["refId"]] = float(series["value"][1])
+    return table
+
+
+def test_the_scheduled_jobs_table_reads_as_one_row_per_job(stack: Stack) -> None:
+    jobs = collector_panel("Scheduled jobs")
+    wait(lambda: bool(stack.query(jobs["targets"][0]["expr"])), 30, "a job's last success scraped")
+    # Failures in the last hour need two scrapes of the counters (just after Prometheus started: one).
+    wait(lambda: bool(stack.query(jobs["targets"][1]["expr"])), 30, "two scrapes of the job counters")
+    table = instant_table(stack, jobs)
     # One key column, the task, so each job is one row with both columns.
     assert all(len(key) == 1 and key[0][0] == "task" for key in table), table
     rows = {key[0][1]: row for key, row in table.items()}
@@ -162,6 +180,96 @@ def test_the_scheduled_jobs_table_reads_as_one_row_per_job(stack: Stack) -> None
     # The master was loaded at start-up: minutes ago, not 56.9 years (time() - 0).
     assert 0 <= rows["instrument_sync"]["A"] < 3600, rows
     assert all(row.get("A", 0) < 3600 for row in rows.values()), rows
+
+
+def test_the_timescaledb_jobs_table_reads_as_one_row_per_job(stack: Stack, tsdb: Server) -> None:
+    jobs = collector_panel("TimescaleDB jobs")
+    if tsdb.flavour != "tsl":
+        for target in jobs["targets"]:  # no job scheduler, or one we cannot tell: the queries still run
+            stack.query(target["expr"])
+        pytest.skip("the database's own jobs run on the TSL build")
+    # The candle refresh policies and our own job run as soon as they are created, then every few
+    # minutes; retention runs daily.
+    ran = {("policy_refresh_continuous_aggregate", relation) for relation in RELATIONS[1:]}
+    ran.add(("collector_refresh_late_candles", ""))
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+
+    def every_first_run_scraped() -> bool:
+        table = instant_table(stack, jobs)
+        # The job's labels are the key columns, so each job is one row with every column (a job
+        # on no relation has no relation label: Prometheus keeps no empty label).
+        assert all(
+            {k for k, _ in key} in ({"job_id", "proc", "relation"}, {"job_id", "proc"}) for key in table
+        )
+        rows.clear()
+        rows.update({(dict(key)["proc"], dict(key).get("relation", "")): row for key, row in table.items()})
+        assert len(rows) == len(table), table
+        # A run in progress has no outcome yet: its "Last run" is empty in that scrape.
+        return all("A" in rows.get(job, {}) for job in ran)
+
+    wait(every_first_run_scraped, 120, "every candle job's first run scraped")
+    assert ("policy_retention", "ticks") in rows, sorted(rows)
+    assert any(proc in ("policy_compression", "policy_columnstore") for proc, _ in rows), sorted(rows)
+    for job, row in rows.items():
+        # Interval, failures in a row, runs and failures are there for every job, run or not.
+        assert {"B", "E", "F", "G"} <= set(row), (job, row)
+        assert row["E"] > 0 and row["B"] <= row["G"] <= row["F"], (job, row)
+        assert row.get("A", 1) in (0, 1), (job, row)
+        if "C" in row:  # seconds since the last success, not an epoch
+            assert 0 <= row["C"] < 3600, (job, row)
+        if "D" in row:  # the next start is at most an interval ahead (overdue: negative)
+            assert row["D"] <= row["E"] + 60, (job, row)
+    for job in ran:
+        assert rows[job]["F"] >= 1, (job, rows[job])
+
+
+async def convert_an_old_chunk(dsn: str) -> None:
+    """A tick three days old, in a chunk of its own, converted to the columnstore (as the policy
+    does with chunks older than two days)."""
+    async with connection(dsn) as conn, conn.transaction():
+        await conn.execute("CREATE TEMP TABLE old_tick ON COMMIT DROP AS SELECT * FROM ticks LIMIT 1")
+        await conn.execute("UPDATE old_tick SET time = time - interval '3 days'")
+        await conn.execute("INSERT INTO ticks SELECT * FROM old_tick")
+        converted = await conn.fetch(
+            "SELECT compress_chunk(c) FROM show_chunks('ticks', older_than => now() - interval '2 days') c"
+        )
+        assert len(converted) == 1
+
+
+def test_the_storage_panels_show_every_relation(stack: Stack, tsdb: Server) -> None:
+    def series(title: str, ref: str) -> dict[str, float]:
+        """The target's series now: their label values, space-separated in label order -> value."""
+        [target] = [t for t in collector_panel(title)["targets"] if t["refId"] == ref]
+        found = stack.query(target["expr"])
+        return {" ".join(v for _, v in sorted(s["metric"].items())): float(s["value"][1]) for s in found}
+
+    relations = set(RELATIONS)
+    # The stack holds ticks by now: wait for figures read since (the supervisor may have read the
+    # database before the first tick, and reads again only when its figures are 10 s old).
+    asked = time.time()
+    read = "collector_timescaledb_stats_timestamp_seconds"
+    wait(lambda: bool(stack.query(f"{read} > {asked}")), 60, "database figures read after the ticks")
+    [age] = series("TimescaleDB figures age", "A").values()
+    assert 0 <= age < 60
+    size = series("Database size per relation", "A")
+    assert set(size) == relations and size["ticks"] > 0, size
+    assert set(series("Chunks per relation", "A")) == relations
+    assert series("Chunks per relation", "A")["ticks"] >= 1
+    assert set(series("Chunks per relation", "B")) == relations
+    oldest = series("Oldest chunk age against retention", "A")
+    assert 0 <= oldest["ticks"] < 2 * 86_400, oldest  # a day's chunk, begun today or yesterday
+    assert series("Oldest chunk age against retention", "B") == {"ticks": 30 * 86_400}
+    if tsdb.flavour != "tsl":
+        return  # no columnstore on the Apache build
+    asyncio.run(convert_an_old_chunk(stack.dsn))
+    converted = 'collector_timescaledb_columnstore_bytes{relation="ticks",stage="after"}'
+    wait(lambda: bool(stack.query(converted)), 60, "the converted chunk's sizes scraped")
+    stored = series("Columnstore: bytes before and after conversion", "A")
+    assert set(stored) == {"ticks before", "ticks after"} and stored["ticks after"] > 0, stored
+    [ratio] = series("Columnstore: bytes before and after conversion", "B").values()
+    assert ratio == pytest.approx(stored["ticks after"] / stored["ticks before"]), (ratio, stored)
+    assert series("Chunks per relation", "B")["ticks"] == 1  # read with the sizes, in the same scrape
+    assert 2 * 86_400 < series("Oldest chunk age against retention", "A")["ticks"] < 5 * 86_400
 
 
 # -- SQL panels on TimescaleDB --------------------------------------------------------
