@@ -7,8 +7,8 @@ and storing use every core and reading a socket never waits on either.
 - **Startup** locks the journal folder (a second collector on it refuses),
   serves ``/metrics``, waits for the database (a stop request ends the wait; a
   URL that can never work exits at once), migrates, resolves the universe and
-  shards it within Upstox's limits, then starts the writers, the feeds and the
-  scheduled jobs.
+  shards it within Upstox's limits (:mod:`collector.supervisor.universe`), then
+  starts the writers, the feeds and the scheduled jobs.
 - **Main loop**: wait for a stop request; children that exit are restarted
   with backoff; the supervisor authorizes their connection attempts (one token
   and one REST limiter for the whole collector) and moves them to a new
@@ -30,19 +30,15 @@ import time
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
 from collector import __version__
-from collector.core.calendar import SEGMENTS, Calendar, parse_hours
-from collector.core.records import MODES, Mode
-from collector.core.shards import DEFAULT_LIMITS, Shard, plan_universe, segment_of, shard_universe
-from collector.core.universe import resolve_universe
+from collector.core.calendar import Calendar, parse_hours
+from collector.core.shards import Shard
 from collector.db.connect import COMMAND_TIMEOUT_S, JOB_COMMAND_TIMEOUT_S, connect, connect_until, where
-from collector.db.instruments import display, publish_master, sync_master
 from collector.db.jobs import Jobs, apply_retention_policy, candles_mode
 from collector.db.migrate import migrate, pending
 from collector.exceptions import CollectorError, ConfigError, UpstoxError
@@ -66,6 +62,7 @@ from collector.supervisor.children import Child
 from collector.supervisor.gapwork import GapWork
 from collector.supervisor.scrape import DatabaseWatch, Observed, ScrapeView
 from collector.supervisor.serving import serve_metrics
+from collector.supervisor.universe import Universe
 from collector.supervisor.upstox import TokenSource, UpstoxRest, rest_limiter, token_expiry
 
 __all__ = ["Supervisor", "run"]
@@ -88,15 +85,14 @@ class Supervisor:
         self.settings = settings
         self.stop = stop
         self.dsn = settings.database_url.get_secret_value()
-        self.shards: dict[int, Shard] = {}
         self.feeds: dict[int, Child] = {}
         self.writers: dict[int, Child] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._since: dict[int, datetime] = {}
         self.metrics: SupervisorMetrics
+        self.universe: Universe  # the keys of each connection, from startup on
         self.metrics_dir: Path
         self.metrics_port = settings.metrics_port
-        self._empty_universe = "resolves to no instrument"  # why, once the universe is resolved
         self.calendar = Calendar(parse_hours(settings.market_hours))  # until the holidays come in
 
     async def run(self) -> None:
@@ -137,6 +133,11 @@ class Supervisor:
         stack.callback(shutil.rmtree, self.metrics_dir, True)
         use_multiprocess(self.metrics_dir, clean=True)
         self.metrics = SupervisorMetrics(CollectorRegistry(), connections=s.connections, version=__version__)
+        self.universe = Universe(
+            subscriptions=s.subscriptions, filters=s.universe, instruments_url=s.instruments_url,
+            instruments_min_ratio=s.instruments_min_ratio, connections=s.connections,
+            metrics=self.metrics, carry=self._carry,
+        )  # fmt: skip
         # What no child can say for itself (the journals' lag, the market while nobody is connected,
         # the database's own jobs) is computed at each scrape from what the supervisor knows.
         self.database_watch = DatabaseWatch(self._connect_watch)
@@ -173,7 +174,7 @@ class Supervisor:
             if s.retention_days is not None and await candles_mode(conn) != "continuous_aggregates":
                 # No retention policy on this build: the collector's own job applies the setting.
                 self.observed.retention_s = {"ticks": s.retention_days * 86_400.0}
-            universe = await self._universe(conn)
+            universe = await self.universe.resolve(conn)
             for row in await conn.fetch(
                 "SELECT connection, max(disconnected_at) AS at FROM feed_sessions GROUP BY 1"
             ):
@@ -181,12 +182,8 @@ class Supervisor:
         finally:
             await conn.close()
 
-        if not any(universe.values()):
-            # Running with nothing to subscribe would look healthy and record nothing.
-            raise ConfigError("COLLECTOR_UNIVERSE", self._empty_universe)
-        shards, rejected = shard_universe(universe, s.connections, DEFAULT_LIMITS)
-        self.shards = {shard.shard_id: shard for shard in shards}
-        self._publish_universe(universe, rejected)
+        self.universe.start(universe)
+        shards = self.universe.shards
 
         tokens = TokenSource(
             token=s.upstox_token.get_secret_value() if s.upstox_token else None,
@@ -208,18 +205,18 @@ class Supervisor:
         self.gapwork = GapWork(
             upstox=self.upstox, jobs=self.jobs, metrics=self.metrics,
             calendar=self.calendar, feeds=lambda: list(self.feeds.values()),
-            shard=self.shards.get, tasks=self._tasks,
+            shard=shards.get, tasks=self._tasks,
         )  # fmt: skip
         self.observed.follow_calendar(lambda: self.gapwork.calendar)  # with the holidays, once they come
         journals = {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
-        for connection in sorted(journals | set(self.shards)):
+        for connection in sorted(journals | set(shards)):
             self._start_writer(connection)
-        for connection in sorted(self.shards):
+        for connection in sorted(shards):
             self._start_feed(connection)
         self._schedule(stack)
         logger.info(
             "collector running: %d connections, %d keys",
-            len(self.feeds), sum(shard.size for shard in self.shards.values()),
+            len(self.feeds), sum(shard.size for shard in shards.values()),
         )  # fmt: skip
         return True
 
@@ -229,67 +226,6 @@ class Supervisor:
             self.dsn, command_timeout=COMMAND_TIMEOUT_S,
             server_settings={"application_name": "collector supervisor"},
         )  # fmt: skip
-
-    async def _universe(self, conn: asyncpg.Connection) -> dict[Mode, list[str]]:
-        s = self.settings
-        rows: list[Any] = [dict(r) for r in await conn.fetch("SELECT * FROM instruments_current")]
-        if s.universe and not rows:
-            logger.info("no instrument master stored yet; loading %s", display(s.instruments_url))
-            await sync_master(
-                conn, s.instruments_url, min_ratio=s.instruments_min_ratio, metrics=self.metrics
-            )
-            rows = [dict(r) for r in await conn.fetch("SELECT * FROM instruments_current")]
-        # The master in force, and whether a newer day is held back by the guard.
-        await publish_master(conn, self.metrics, current_rows=len(rows))
-        self.metrics.universe_unknown.set(0)
-        if not rows:
-            logger.warning("no instrument master: subscribing the configured keys unchecked")
-            self._empty_universe = (
-                "the filters need an instrument master and none could be loaded "
-                f"from {display(s.instruments_url)} (COLLECTOR_INSTRUMENTS_URL)"
-            )
-            return {m: sorted(set(k)) for m, k in s.subscriptions.items() if k}
-        universe, unknown = resolve_universe(rows, explicit=s.subscriptions, filters=s.universe)
-        self.metrics.universe_unknown.set(len(unknown))
-        described = (
-            [f"{len(unknown)} keys of COLLECTOR_SUBSCRIPTIONS not in it (e.g. {unknown[0]})"]
-            if unknown
-            else []
-        )
-        described += [f"filter {f.model_dump(exclude_defaults=True)} matches nothing" for f in s.universe
-                      if not resolve_universe(rows, explicit={}, filters=[f])[0]]  # fmt: skip
-        self._empty_universe = (
-            f"resolves to no instrument of the master in force ({len(rows)} instruments): "
-            + ("; ".join(described) or "nothing configured matches")
-        )
-        if not any(universe.values()):
-            logger.error("universe: %s", self._empty_universe)
-        elif described:
-            logger.warning("universe: %s", "; ".join(described))
-        return universe
-
-    def _publish_universe(self, universe: dict[Mode, list[str]], rejected: dict[Mode, list[str]]) -> None:
-        m = self.metrics
-        for mode in MODES:
-            m.universe.labels(mode).set(len(universe.get(mode, [])))
-            m.sub_rejected.labels(mode).set(len(rejected.get(mode, [])))
-            m.limit.labels(mode, "alone").set(DEFAULT_LIMITS.alone[mode])
-            m.limit.labels(mode, "mixed").set(DEFAULT_LIMITS.mixed[mode])
-        for connection in range(self.settings.connections):
-            shard = self.shards.get(connection, Shard(connection, {}))
-            per_segment = dict.fromkeys(SEGMENTS, 0)
-            for keys in shard.keys.values():
-                for key in keys:
-                    per_segment[segment_of(key)] = per_segment.get(segment_of(key), 0) + 1
-            for segment in SEGMENTS:
-                m.segment_keys.labels(str(connection), segment).set(per_segment[segment])
-            for mode in MODES:
-                m.sub_requested.labels(str(connection), mode).set(len(shard.keys.get(mode, [])))
-        if rejected:
-            logger.error(
-                "%d keys fit no connection within Upstox's limits and are not subscribed",
-                sum(len(v) for v in rejected.values()),
-            )
 
     # -- children ---------------------------------------------------------------------
 
@@ -305,7 +241,7 @@ class Supervisor:
         s = self.settings
 
         def spec() -> FeedSpec:
-            shard = self.shards.get(connection, Shard(connection, {}))
+            shard = self.universe.shard(connection)
             return FeedSpec(
                 connection=connection,
                 keys={m: list(k) for m, k in shard.keys.items()},
@@ -367,29 +303,14 @@ class Supervisor:
                     return
                 await child.send(Authorized(uri))
 
-    async def apply_universe(self, universe: dict[Mode, list[str]]) -> dict[Mode, list[str]]:
-        """Move the connections to a new universe without reconnecting them."""
-        current = list(self.shards.values())
-        shards, rejected = plan_universe(current, universe, self.settings.connections, DEFAULT_LIMITS)
-        for shard in shards:
-            old = self.shards.get(shard.shard_id)
-            if old is not None and old.keys == shard.keys:
-                continue
-            if not shard.size and old is None:
-                continue
-            self.shards[shard.shard_id] = shard
-            if shard.shard_id in self.feeds:
-                await self.feeds[shard.shard_id].send(Keys(shard.keys))
-            else:
-                if shard.shard_id not in self.writers:
-                    self._start_writer(shard.shard_id)
-                self._start_feed(shard.shard_id)
-        self._publish_universe(universe, rejected)
-        logger.info(
-            "universe applied: %d keys, %d fit no connection",
-            sum(len(v) for v in universe.values()), sum(len(v) for v in rejected.values()),
-        )  # fmt: skip
-        return rejected
+    async def _carry(self, shard: Shard) -> None:
+        """The connection's keys changed: tell its feed, or start one (and a writer) for it."""
+        if shard.shard_id in self.feeds:
+            await self.feeds[shard.shard_id].send(Keys(shard.keys))
+        else:
+            if shard.shard_id not in self.writers:
+                self._start_writer(shard.shard_id)
+            self._start_feed(shard.shard_id)
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -397,15 +318,7 @@ class Supervisor:
         s = self.settings
 
         async def sync() -> bool:
-            async def work(conn: asyncpg.Connection) -> None:
-                # A refused or held-back master is logged and counted; the one in force stays.
-                await sync_master(
-                    conn, s.instruments_url, min_ratio=s.instruments_min_ratio, metrics=self.metrics
-                )
-                # Contracts roll: re-resolve the universe from the master in force and apply it.
-                await self.apply_universe(await self._universe(conn))
-
-            return await self.jobs.run("instrument_sync", work)
+            return await self.jobs.run("instrument_sync", self.universe.sync)
 
         def publish_token_expiry() -> None:
             # Read again every minute: a rotated token file changes the expiry.
