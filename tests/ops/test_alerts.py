@@ -650,11 +650,17 @@ async def writer_behind(t: Table) -> None:
         await sql(dsn, *SLOW_DOWN)
         async with t.collector("capacity", sim, dsn, universe=universe, **small) as c:
             await streaming(c)
-            await asyncio.sleep(5)
-            rows0, t0 = await metric(c, "collector_rows_written_total", table="ticks"), time.monotonic()
-            await asyncio.sleep(15)
-            rows1 = await metric(c, "collector_rows_written_total", table="ticks")
-            capacity = (rows1 - rows0) / (time.monotonic() - t0)
+            # Its best ten seconds out of thirty: whatever else the machine or the server does now
+            # and then (a job of the database's own, a busy neighbour) can only slow some of them.
+            samples = []
+            for _ in range(31):
+                samples.append(
+                    (time.monotonic(), await metric(c, "collector_rows_written_total", table="ticks"))
+                )
+                await asyncio.sleep(1)
+            capacity = max(
+                (r1 - r0) / (t1 - t0) for (t0, r0), (t1, r1) in zip(samples, samples[10:], strict=False)
+            )
             c.send(signal.SIGKILL)  # its backlog is no concern of this test
         assert 0 < capacity < 0.5 * sim.rate, f"{capacity:,.0f} rows/s committed at {sim.rate:,.0f}/s offered"
         sim.rate = 2 * capacity
