@@ -238,9 +238,18 @@ class UpstoxRest:
         self._on_token(token)
         await acquire(self._authorize_limiter, self.rest)
         self._on_call("authorize")
-        body = await asyncio.to_thread(
-            self._get, self.api_url + AUTHORIZE_PATH, token, self._ssl, self._timeout_s, "authorize"
-        )
+        try:
+            return self._socket_url(
+                await asyncio.to_thread(
+                    self._get, self.api_url + AUTHORIZE_PATH, token, self._ssl, self._timeout_s, "authorize"
+                )
+            )
+        except UpstoxError as exc:
+            self._on_failure("authorize", exc.reason)  # counted like every other REST call's failures
+            raise
+
+    @staticmethod
+    def _socket_url(body: bytes) -> str:
         try:
             uri = json.loads(body)["data"]["authorized_redirect_uri"]
         except (ValueError, KeyError, TypeError):
