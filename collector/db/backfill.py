@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -53,13 +54,13 @@ from collector.core.ratelimit import RateLimiter
 from collector.core.times import ist_day
 from collector.db.connect import TRANSIENT_ERRORS
 from collector.exceptions import UpstoxError
-from collector.metrics import SupervisorMetrics
-from collector.supervisor.upstox import UpstoxRest
+from collector.metrics import RestApi, SupervisorMetrics
 
 __all__ = [
     "BACKFILL_LIMITS",
     "BACKFILL_LOCK_ID",
     "Backfill",
+    "CandleClient",
     "BackfillOptions",
     "BackfillReport",
     "backfill_limiter",
@@ -130,12 +131,28 @@ class _Budget:
         return True
 
 
+class CandleClient(Protocol):
+    """What the backfill needs of Upstox's REST client (the supervisor's UpstoxRest): its shared
+    limiter, and a JSON GET with retries. Named here so that db/ never imports the supervisor."""
+
+    rest: RateLimiter
+
+    async def get_json(
+        self,
+        path: str,
+        api: RestApi,
+        *,
+        limiters: Sequence[RateLimiter] = (),
+        allow: Callable[[], bool] = ...,
+    ) -> Any: ...
+
+
 class Backfill:
     """Fills pending gaps from Upstox's candle APIs (one run at a time)."""
 
     def __init__(
         self,
-        rest: UpstoxRest,
+        rest: CandleClient,
         *,
         limiter: RateLimiter | None = None,
         metrics: SupervisorMetrics | None = None,

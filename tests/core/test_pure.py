@@ -49,3 +49,21 @@ def test_core_imports_no_io() -> None:
 def test_the_check_sees_what_it_forbids() -> None:
     assert _forbidden("asyncio") and _forbidden("urllib.request") and _forbidden("os.path")
     assert not _forbidden("urllib.parse") and not _forbidden("json")
+
+
+# The layers below the processes: what they may not import (arrows run downward only).
+PROCESSES = ("collector.supervisor", "collector.feed", "collector.writer", "collector.replay",
+             "collector.export", "collector.simulator", "collector.feedserver", "collector.cli")  # fmt: skip
+LOWER = ("core", "journal", "ipc", "db")
+
+
+def test_the_lower_layers_never_import_a_process() -> None:
+    root = CORE.parent
+    found = {
+        f"{path.relative_to(root)}: {name}"
+        for layer in LOWER
+        for path in sorted((root / layer).glob("*.py"))
+        for name in _imports(path)
+        if name.startswith(PROCESSES)
+    }
+    assert not found
