@@ -60,9 +60,9 @@ __all__ = [
     "BACKFILL_LIMITS",
     "BACKFILL_LOCK_ID",
     "Backfill",
-    "CandleClient",
     "BackfillOptions",
     "BackfillReport",
+    "CandleClient",
     "backfill_limiter",
 ]
 

@@ -62,7 +62,7 @@ from collector.supervisor.children import Child
 from collector.supervisor.gapwork import GapWork
 from collector.supervisor.scrape import DatabaseWatch, Observed, ScrapeView
 from collector.supervisor.serving import serve_metrics
-from collector.supervisor.universe import Universe
+from collector.supervisor.universe import MASTER_RETRY_S, Universe
 from collector.supervisor.upstox import TokenSource, UpstoxRest, rest_limiter, token_expiry
 
 __all__ = ["Supervisor", "run"]
@@ -325,8 +325,15 @@ class Supervisor:
             with contextlib.suppress(CollectorError):
                 self.metrics.token_expiry.set(token_expiry(self.tokens.read()) or 0)
 
+        async def load_master() -> None:
+            # Started without a master (it could not be loaded): try again until one is in force.
+            if not self.universe.has_master:
+                await sync()
+
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_job(publish_token_expiry, "interval", seconds=60, next_run_time=datetime.now(UTC))
+        if s.universe:
+            scheduler.add_job(load_master, "interval", seconds=MASTER_RETRY_S)
         self.jobs.schedule(
             scheduler,
             refresh_interval_s=s.candle_refresh_interval_s,

@@ -36,7 +36,10 @@ from collector.db.instruments import display, publish_master, sync_master
 from collector.exceptions import ConfigError
 from collector.metrics import SupervisorMetrics
 
-__all__ = ["Universe"]
+__all__ = ["MASTER_RETRY_S", "Universe"]
+
+# How often a collector started without an instrument master tries to load one again.
+MASTER_RETRY_S = 300
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class Universe:
         self._metrics = metrics
         self._carry = carry
         self.shards: dict[int, Shard] = {}
+        self.has_master = False  # whether a master was in force at the last resolution
         self._empty = "resolves to no instrument"  # why, once the universe is resolved
 
     def shard(self, connection: int) -> Shard:
@@ -79,6 +83,7 @@ class Universe:
         # The master in force, and whether a newer day is held back by the guard.
         await publish_master(conn, self._metrics, current_rows=len(rows))
         self._metrics.universe_unknown.set(0)
+        self.has_master = bool(rows)
         if not rows:
             logger.warning("no instrument master: subscribing the configured keys unchecked")
             self._empty = (
@@ -105,10 +110,21 @@ class Universe:
         return universe
 
     def start(self, universe: dict[Mode, list[str]]) -> None:
-        """Shard the first universe over the connections; refuse one of nothing."""
+        """Shard the first universe over the connections; refuse one of nothing.
+
+        Unless it is nothing for want of a master: the instrument master could not be loaded (a
+        network failure, a file refused), which the next try may cure. Then the collector runs with
+        what it has, says so in one line, and its metrics fire CollectorInstrumentMasterRejected
+        and CollectorUniverseEmpty until a master loads.
+        """
         if not any(universe.values()):
-            # Running with nothing to subscribe would look healthy and record nothing.
-            raise ConfigError("COLLECTOR_UNIVERSE", self._empty)
+            if self.has_master or not self._filters:
+                # Running with nothing to subscribe would look healthy and record nothing.
+                raise ConfigError("COLLECTOR_UNIVERSE", self._empty)
+            logger.error(
+                "universe: %s; nothing is subscribed until a master loads (tried again every %d minutes)",
+                self._empty, MASTER_RETRY_S // 60,
+            )  # fmt: skip
         shards, rejected = shard_universe(universe, self._connections, DEFAULT_LIMITS)
         self.shards = {shard.shard_id: shard for shard in shards}
         self._publish(universe, rejected)

@@ -10,6 +10,7 @@ refuses is one line per job, not a traceback and not a job failure.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import subprocess
@@ -17,8 +18,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from collector.core.shards import Shard
+from collector.core.universe import UniverseFilter
+from collector.metrics import SupervisorMetrics
 from collector.simulator.server import MASTER_PATH, Simulator
+from collector.supervisor.universe import Universe
+from tests.support.db import connection
+from tests.support.metrics import sample
 from tests.support.process import CollectorProcess, collector_env, sim_universe
 
 
@@ -98,3 +106,32 @@ async def test_a_refused_token_is_one_line_per_job_and_no_job_failure(migrated: 
             assert "Traceback" not in c.tail()
             rc, _ = await c.stop()
             assert rc == 0
+
+
+async def test_without_a_master_it_runs_and_subscribes_once_one_loads(migrated: str, tmp_path: Path) -> None:
+    """A master that cannot be loaded at start (a network failure, a refused file) is not a
+    configuration error: the next try may cure it. The universe starts empty, says so in its
+    metrics, and the retry that loads a master moves the connections to it."""
+    source = tmp_path / "master.json.gz"
+    source.write_bytes(b"")  # refused: the file is empty
+    carried: list[Shard] = []
+
+    async def carry(shard: Shard) -> None:
+        carried.append(shard)
+
+    registry = CollectorRegistry()
+    universe = Universe(
+        subscriptions={}, filters=[UniverseFilter(mode="ltpc", segments=["NSE_INDEX"])],
+        instruments_url=str(source), instruments_min_ratio=0.5, connections=2,
+        metrics=SupervisorMetrics(registry), carry=carry,
+    )  # fmt: skip
+    async with Simulator() as sim, connection(migrated) as conn:
+        universe.start(await universe.resolve(conn))  # no ConfigError
+        assert not universe.has_master and universe.shards == {}
+        assert sample(registry, "collector_universe_keys", {"mode": "ltpc"}) == 0
+        source.write_bytes(gzip.compress(json.dumps(sim.master).encode()))
+        await universe.sync(conn)  # what the retry runs
+    indices = sorted(r["instrument_key"] for r in sim.master if r["segment"] == "NSE_INDEX")
+    assert universe.has_master and indices
+    assert sorted(k for shard in carried for k in shard.keys.get("ltpc", [])) == indices
+    assert sample(registry, "collector_universe_keys", {"mode": "ltpc"}) == len(indices)
