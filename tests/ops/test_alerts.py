@@ -650,17 +650,17 @@ async def writer_behind(t: Table) -> None:
         await sql(dsn, *SLOW_DOWN)
         async with t.collector("capacity", sim, dsn, universe=universe, **small) as c:
             await streaming(c)
-            # Its best ten seconds out of thirty: whatever else the machine or the server does now
-            # and then (a job of the database's own, a busy neighbour) can only slow some of them.
-            samples = []
-            for _ in range(31):
-                samples.append(
-                    (time.monotonic(), await metric(c, "collector_rows_written_total", table="ticks"))
-                )
-                await asyncio.sleep(1)
-            capacity = max(
-                (r1 - r0) / (t1 - t0) for (t0, r0), (t1, r1) in zip(samples, samples[10:], strict=False)
-            )
+
+            # Behind, a writer commits in lumps (each batch takes what the journal holds), so its
+            # rate is measured from one commit to the third after it, however long they take.
+            async def commit(after: float) -> tuple[float, float]:
+                await c.wait_for(lambda: c.metric("collector_batches_written_total") > after, 180, "a commit")
+                return time.monotonic(), await metric(c, "collector_batches_written_total")
+
+            t0, b0 = await commit(await metric(c, "collector_batches_written_total"))
+            rows0 = await metric(c, "collector_rows_written_total", table="ticks")
+            t1, _ = await commit(b0 + 2)
+            capacity = (await metric(c, "collector_rows_written_total", table="ticks") - rows0) / (t1 - t0)
             c.send(signal.SIGKILL)  # its backlog is no concern of this test
         assert 0 < capacity < 0.5 * sim.rate, f"{capacity:,.0f} rows/s committed at {sim.rate:,.0f}/s offered"
         sim.rate = 2 * capacity
