@@ -642,7 +642,7 @@ async def writer_behind(t: Table) -> None:
     twice that from its start. At twice its capacity the oldest uncommitted record ages half a
     second a second: the alert's minute takes about two.
     """
-    async with Simulator(rate=1000, stocks=20) as sim:
+    async with Simulator(rate=500, stocks=20) as sim:
         universe = sim_universe(sim, full=0, ltpc=20)
         # Small batches (a batch grows while one is in flight): a commit every fraction of a second.
         small = {"COLLECTOR_MAX_BATCH_ROWS": "20"}
@@ -652,7 +652,8 @@ async def writer_behind(t: Table) -> None:
             await streaming(c)
 
             # Behind, a writer commits in lumps (each batch takes what the journal holds), so its
-            # rate is measured from one commit to the third after it, however long they take.
+            # rate is measured from one commit to the third after it, however long they take. Offered
+            # a few times its capacity, not more: each lump grows by that factor.
             async def commit(after: float) -> tuple[float, float]:
                 await c.wait_for(lambda: c.metric("collector_batches_written_total") > after, 180, "a commit")
                 return time.monotonic(), await metric(c, "collector_batches_written_total")
